@@ -1,0 +1,10 @@
+"""The one exception a user's mistake raises."""
+
+
+class QliftError(ValueError):
+    """Bad input: a config, data file, command line or store from another run.
+
+    The message is one line that names the offending field, its value and the
+    rule it breaks, and says how to fix it. The CLI prints it without a
+    traceback and exits with status 2.
+    """

@@ -1,0 +1,89 @@
+"""The value and policy tables on disk: a chunked zarr v3 store.
+
+Layout of ``tables.zarr``:
+
+- ``value``  (T+1, S) float64, dimensions (layer, state), chunks (1, chunk)
+- ``policy`` (T, S)   int32,   dimensions (layer, state), chunks (1, chunk)
+- attributes: ``config`` (the resolved config), ``config_hash``, ``mdp_hash``,
+  ``n_states``, ``n_actions``, ``layers``, ``chunk``, and ``complete``
+  (true only once every table is written and metadata is consolidated).
+
+Only the driver creates arrays and attributes; writers write whole chunks.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from pipeline.errors import QliftError
+
+
+def canonical_hash(obj):
+    """sha256 of the canonical JSON of ``obj``."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def arrays_hash(arrays):
+    """sha256 over the named plain arrays (the identity of a quantized MDP)."""
+    h = hashlib.sha256()
+    for key in sorted(arrays):
+        a = np.ascontiguousarray(arrays[key])
+        h.update(key.encode())
+        h.update(str(a.dtype).encode())
+        h.update(str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def create(path, n_states, n_actions, layers, chunk, attrs):
+    """Create an empty store at ``path`` (replacing any store there)."""
+    path = Path(path)
+    if path.exists():
+        shutil.rmtree(path)
+    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    root.create_array("value", shape=(layers + 1, n_states), chunks=(1, chunk), dtype="float64",
+                      fill_value=np.nan, dimension_names=("layer", "state"))
+    root.create_array("policy", shape=(layers, n_states), chunks=(1, chunk), dtype="int32",
+                      fill_value=-1, dimension_names=("layer", "state"))
+    root.attrs.update({**attrs, "n_states": int(n_states), "n_actions": int(n_actions),
+                       "layers": int(layers), "chunk": int(chunk), "complete": False})
+    return root
+
+
+def open_tables(path, mode="r"):
+    """Open an existing store; a missing or foreign folder is a clear error."""
+    path = Path(path)
+    try:
+        root = zarr.open_group(str(path), mode=mode, zarr_format=3)
+        _ = root["value"], root["policy"]
+    except Exception:
+        raise QliftError(f"tables={str(path)!r} is not a qlift tables store (no 'value' and "
+                         "'policy' arrays); point it at RUN_DIR/tables.zarr of a finished run") from None
+    return root
+
+
+def finish(path):
+    """Mark the store complete and consolidate its metadata for other readers."""
+    root = zarr.open_group(str(path), mode="r+", zarr_format=3)
+    root.attrs["complete"] = True
+    with warnings.catch_warnings():  # "not part of the v3 spec": we want it for xarray
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(str(path))
+
+
+def write_json(path, obj):
+    """Write JSON atomically: a temp file in the same folder, then rename."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=False)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
