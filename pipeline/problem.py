@@ -197,9 +197,11 @@ def build(cfg):
     if not isinstance(fixed, dict) or not isinstance(free, dict):
         raise QliftError("model.fixed and model.free must be mappings from a parameter name to "
                          "a value (fixed) or a list of grid values (free)")
+    fixed_slots = set()
     for name, val in fixed.items():
         kd, ij = parse_param(name, d, dd, "model.fixed")
         base[kd][ij] = _number(val, f"model.fixed[{name!r}]")
+        fixed_slots.add((kd, ij))
     if not free:
         raise QliftError("model.free is empty; name at least one free parameter with its grid, "
                          "e.g. model.free={\"b[0]\": [-0.5, 0, 0.5]}")
