@@ -137,7 +137,7 @@ def _split(raw, suffix):
 def check(raw):
     """Validate and coerce a raw data dict; return ``{'train': .., 'test': ..|None}``."""
     unknown = sorted(set(raw) - {f + s for f in FIELDS for s in ("", "_test")})
-    if unknown:
+    if unknown and "x" in raw:
         raise QliftError(f"data: unknown arrays {unknown}; valid names are x, pos, label, seq "
                          "and the same with _test")
     train = _split(raw, "")
