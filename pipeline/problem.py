@@ -221,7 +221,7 @@ def build(cfg):
 
     sizes = [len(g) for g in grids]
     n_a = int(np.prod(sizes, dtype=object))
-    if n_a > 10**7:
+    if n_a > 10**6:
         raise QliftError(f"the action grid has {n_a} actions; shrink the model.free grids")
     acts = {kd: np.repeat(base[kd][None], n_a, axis=0) for kd in base}
     stage = np.zeros(n_a)
