@@ -5,7 +5,7 @@ from pathlib import Path
 
 import hydra
 
-from pipeline.errors import QliftError
+from pipeline.errors import QliftError, RunFailed
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -15,10 +15,13 @@ def main(cfg):
     from pipeline.solver import solve
 
     try:
-        solve(cfg)
+        return solve(cfg)["quantized_value"]
     except QliftError as exc:
         print(f"qlift: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except RunFailed as exc:
+        print(f"qlift: run failed: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

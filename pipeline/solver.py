@@ -2,29 +2,35 @@
 
 ``solve(cfg)`` is the whole job; ``python -m pipeline`` is a thin Hydra
 wrapper around it, and tests call it directly with a plain dict.
+
+The state range 0..S-1 is cut into shards of ``solver.chunk_states``
+states, one zarr chunk each. Layer by layer (terminal first, then T-1 down
+to 0) the driver hands every unfinished shard to an executor (this process
+or Ray actors), waits for all of them (a barrier), reads the new value layer
+back and goes on. Finished shards leave completion markers, so rerunning the
+same command in the same run directory resumes where a crash stopped.
 """
 
 import logging
-import os
 import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import numba
 import numpy as np
 
-from pipeline import problem as problem_mod
-from pipeline import quantize, storage
-from pipeline.errors import QliftError
+from pipeline import backends, problem as problem_mod, quantize, storage
+from pipeline.errors import QliftError, RunFailed
+from pipeline.progress import LayerProgress
 from pipeline.true_system import true_cost
+from pipeline.worker import marker_path, progress_dir
 
 log = logging.getLogger("qlift")
 
 GIB = 2**30
-BACKENDS = ("local",)
-CACHE_MODES = ("auto", "memory", "off")
-TABLE_KEYS = ("data", "model", "loss", "quant")  # what determines the tables
+BACKENDS = ("ray", "local")
+CACHE_MODES = ("auto", "memory", "disk", "off")
+TABLE_KEYS = ("data", "model", "loss", "quant")  # what, with the chunk size, fixes the tables
 
 
 class Timer(dict):
@@ -41,10 +47,8 @@ class Timer(dict):
 
 def to_plain(cfg):
     """A resolved plain-dict copy of a DictConfig (or dict)."""
-    try:
-        from omegaconf import DictConfig, OmegaConf
-    except ImportError:  # pragma: no cover - hydra is a dependency
-        return dict(cfg)
+    from omegaconf import DictConfig, OmegaConf
+
     if isinstance(cfg, DictConfig):
         return OmegaConf.to_container(cfg, resolve=True)
     return dict(cfg)
@@ -61,64 +65,92 @@ def _run_dir(run_dir):
         return Path.cwd().resolve()
 
 
-def _int_setting(scfg, key, default, minimum=1):
+def _int(section, scfg, key, default, minimum=1):
     v = scfg.get(key, default)
     if v is None:
         return None
     if isinstance(v, float) and v.is_integer():
         v = int(v)
     if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
-        raise QliftError(f"solver.{key}={v!r} must be an integer >= {minimum}")
+        raise QliftError(f"{section}.{key}={v!r} must be an integer >= {minimum}")
+    return v
+
+
+def _choice(section, scfg, key, default, valid):
+    v = scfg.get(key, default)
+    if v not in valid:
+        raise QliftError(f"{section}.{key}={v!r} is unknown; valid choices are: {', '.join(valid)}")
     return v
 
 
 def settings(cfg):
-    """Validated solver settings as a plain dict."""
+    """Validated solver and Ray settings as a plain dict."""
     scfg = cfg.get("solver") or {}
-    backend = scfg.get("backend", "local")
-    if backend not in BACKENDS:
-        raise QliftError(f"solver.backend={backend!r} is unknown; valid choices are: "
-                         f"{', '.join(BACKENDS)}")
-    cache = scfg.get("cache_transitions", "auto")
-    if cache not in CACHE_MODES:
-        raise QliftError(f"solver.cache_transitions={cache!r} is unknown; valid choices are: "
-                         f"{', '.join(CACHE_MODES)}")
+    rcfg = cfg.get("ray") or {}
     mem = scfg.get("memory_gb", 8)
     if not isinstance(mem, (int, float)) or isinstance(mem, bool) or mem <= 0:
         raise QliftError(f"solver.memory_gb={mem!r} must be a positive number of GiB")
+    resume = scfg.get("resume", True)
+    if not isinstance(resume, bool):
+        raise QliftError(f"solver.resume={resume!r} must be true or false")
+    fault = scfg.get("fault")
+    if fault is not None and not (isinstance(fault, dict) and {"layer", "shard"} <= set(fault)):
+        raise QliftError(f"solver.fault={fault!r} must be null or {{layer: T, shard: I, times: N}}")
     return {
-        "backend": backend,
-        "cache": cache,
+        "backend": _choice("solver", scfg, "backend", "ray", BACKENDS),
+        "cache": _choice("solver", scfg, "cache_transitions", "auto", CACHE_MODES),
         "memory_bytes": int(float(mem) * GIB),
         "memory_gb": float(mem),
-        "max_states": _int_setting(scfg, "max_states", 200_000_000),
-        "chunk": _int_setting(scfg, "chunk_states", 65536),
-        "threads": _int_setting(scfg, "threads", None),
+        "max_states": _int("solver", scfg, "max_states", 200_000_000),
+        "chunk": _int("solver", scfg, "chunk_states", 65536),
+        "threads": _int("solver", scfg, "threads", None),
+        "resume": resume,
+        "retries": _int("solver", scfg, "retries", 3, minimum=0),
+        "fault": fault,
+        "ray": {
+            "address": rcfg.get("address"),
+            "num_cpus": _int("ray", rcfg, "num_cpus", None),
+            "workers": _int("ray", rcfg, "workers", None),
+            "cpus_per_worker": _int("ray", rcfg, "cpus_per_worker", 1),
+            "in_flight": _int("ray", rcfg, "in_flight", None),
+            "object_store_gb": rcfg.get("object_store_gb"),
+        },
     }
 
 
-def plan(n_states, n_actions, layers, st):
-    """Bytes the run needs; refuse before allocating when they do not fit."""
+def plan(n_states, n_actions, layers, st, free_disk):
+    """Bytes the run needs and the transitions cache; refuse before allocating."""
     idx_bytes = 4 if n_states < 2**31 else 8
     chunk = min(st["chunk"], n_states)
-    base = 2 * n_states * 8 + chunk * n_actions * idx_bytes + chunk * 12
+    base = 3 * n_states * 8 + 4 * chunk * n_actions * idx_bytes  # V_{t+1}, its Ray copy, V_t read
     cache_bytes = n_states * n_actions * idx_bytes
+    tables = (layers + 1) * n_states * 8 + layers * n_states * 4
     if base > st["memory_bytes"]:
         raise QliftError(
             f"S={n_states} states x |A|={n_actions} actions need {base / GIB:.2f} GiB in memory "
-            f"for two value layers, over solver.memory_gb={st['memory_gb']:g}; lower quant.k or "
+            f"for the value layers, over solver.memory_gb={st['memory_gb']:g}; lower quant.k or "
             "quant.m, shrink the model.free grids, or raise solver.memory_gb")
-    if st["cache"] == "memory" and base + cache_bytes > st["memory_bytes"]:
+    if tables > free_disk:
+        raise QliftError(f"the tables need {tables / GIB:.2f} GiB on disk but {free_disk / GIB:.2f} "
+                         "GiB are free; choose another hydra.run.dir or lower quant.k or quant.m")
+    cache = st["cache"]
+    fits_memory = base + cache_bytes <= st["memory_bytes"]
+    fits_disk = tables + cache_bytes <= free_disk
+    if cache == "memory" and not fits_memory:
         raise QliftError(
             f"solver.cache_transitions=memory needs {(base + cache_bytes) / GIB:.2f} GiB for "
             f"{n_states}x{n_actions} next-state indices, over solver.memory_gb="
-            f"{st['memory_gb']:g}; use solver.cache_transitions=auto or off")
-    use_cache = st["cache"] == "memory" or (
-        st["cache"] == "auto" and base + cache_bytes <= st["memory_bytes"])
-    disk = (layers + 1) * n_states * 8 + layers * n_states * 4
-    return {"idx_dtype": np.int32 if idx_bytes == 4 else np.int64, "chunk": chunk,
-            "cache": "memory" if use_cache else "off", "memory_bytes": base + (
-                cache_bytes if use_cache else 0), "disk_bytes": disk}
+            f"{st['memory_gb']:g}; use solver.cache_transitions=auto, disk or off")
+    if cache == "disk" and not fits_disk:
+        raise QliftError(f"solver.cache_transitions=disk needs {cache_bytes / GIB:.2f} GiB more "
+                         "disk than is free; use solver.cache_transitions=off")
+    if cache == "auto":
+        cache = "memory" if fits_memory else "disk" if fits_disk else "off"
+    if layers == 1 and st["cache"] == "auto":
+        cache = "off"  # every transition is used once: nothing to reuse
+    return {"idx_dtype": "int32" if idx_bytes == 4 else "int64", "chunk": chunk, "cache": cache,
+            "memory_bytes": base + (cache_bytes if cache == "memory" else 0),
+            "disk_bytes": tables + (cache_bytes if cache == "disk" else 0)}
 
 
 def step(arrays, state, a):
@@ -131,65 +163,6 @@ def step(arrays, state, a):
     return int(out[0, 0])
 
 
-def _chunks(n, chunk):
-    for lo in range(0, n, chunk):
-        yield lo, min(lo + chunk, n)
-
-
-def backward_induction_local(arrays, n_states, layers, pl, root, timer):
-    """Full-table backward induction in this process; tables written to ``root``."""
-    import kernels
-
-    chunk = pl["chunk"]
-    n_a = arrays["stage"].shape[0]
-    v_next = np.empty(n_states)
-    with timer("terminal"):
-        for lo, hi in _chunks(n_states, chunk):
-            quantize.terminal(arrays, np.arange(lo, hi, dtype=np.int64), v_next[lo:hi])
-        root["value"][layers, :] = v_next
-    cache = None
-    if pl["cache"] == "memory":
-        with timer("transitions"):
-            cache = np.empty((n_states, n_a), pl["idx_dtype"])
-            for lo, hi in _chunks(n_states, chunk):
-                quantize.transition(arrays, np.arange(lo, hi, dtype=np.int64), cache[lo:hi])
-        log.info("transitions: %d x %d cached in memory (%.2f s)", n_states, n_a,
-                 timer["transitions"])
-    buf = None if cache is not None else np.empty((chunk, n_a), pl["idx_dtype"])
-    v_cur = np.empty(n_states)
-    pi = np.empty(n_states, np.int32)
-    for t in range(layers - 1, -1, -1):
-        t0 = time.perf_counter()
-        for lo, hi in _chunks(n_states, chunk):
-            if cache is not None:
-                nxt = cache[lo:hi]
-            else:
-                with timer("transitions"):
-                    nxt = buf[:hi - lo]
-                    quantize.transition(arrays, np.arange(lo, hi, dtype=np.int64), nxt)
-            with timer("backup"):
-                kernels.bellman_backup(nxt, arrays["stage"], v_next, v_cur[lo:hi], pi[lo:hi])
-        with timer("store"):
-            root["value"][t, :] = v_cur
-            root["policy"][t, :] = pi
-        dt = time.perf_counter() - t0
-        log.info("layer %d: %d states backed up in %.2f s (%.3g state-actions/s)", t, n_states,
-                 dt, n_states * n_a / max(dt, 1e-9))
-        v_next, v_cur = v_cur, v_next
-
-
-def _compile(arrays, timer):
-    import kernels
-
-    with timer("compile"):
-        st = np.zeros(1, np.int64)
-        quantize.transition(arrays, st, np.empty((1, arrays["stage"].shape[0]), np.int32))
-        quantize.transition(arrays, st, np.empty((1, arrays["stage"].shape[0]), np.int64))
-        quantize.terminal(arrays, st, np.empty(1))
-        kernels.bellman_backup(np.zeros((1, 1), np.int32), np.zeros(1), np.zeros(1), np.empty(1),
-                               np.empty(1, np.int32))
-
-
 def rollout(arrays, mu0, layers, policy_at):
     """Open-loop actions and quantized states from mu0 under the stored policy."""
     states, actions = [mu0], []
@@ -200,15 +173,100 @@ def rollout(arrays, mu0, layers, policy_at):
     return actions, states
 
 
+def _free_disk(path):
+    p = Path(path)
+    while not p.exists():
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def _open_or_create(tables, st, n_states, prob, pl, attrs):
+    """The store to fill: resumed when it matches this config, else new."""
+    prog = progress_dir(tables)
+    if tables.exists() and st["resume"]:
+        try:
+            root = storage.open_tables(tables, mode="r+")
+            stored = root.attrs.get("config_hash")
+        except QliftError:
+            stored, root = None, None
+        if stored is None:
+            log.warning("%s is incomplete from an interrupted start; starting over", tables)
+        elif stored != attrs["config_hash"]:
+            raise QliftError(
+                f"{tables} holds tables of another config (stored hash {stored[:12]}, this "
+                f"config {attrs['config_hash'][:12]}); use a new hydra.run.dir, or "
+                "solver.resume=false to overwrite them")
+        elif root.attrs.get("transitions_cache") != pl["cache"] and pl["cache"] == "disk" \
+                and "transitions" not in root:
+            log.warning("%s has no transitions array; starting over", tables)
+        else:
+            n_done = len(list(prog.glob("v*"))) if prog.exists() else 0
+            log.info("resuming %s: %d finished (layer, shard) markers", tables, n_done)
+            return root, True
+    if prog.exists():
+        shutil.rmtree(prog)
+    root = storage.create(tables, n_states, prob.n_actions, prob.layers, pl["chunk"],
+                          {**attrs, "transitions_cache": pl["cache"]},
+                          transitions=pl["cache"] == "disk", idx_dtype=pl["idx_dtype"])
+    prog.mkdir(parents=True)
+    return root, False
+
+
+def _executor(st, arrays, job, timer):
+    if st["backend"] == "local":
+        return backends.LocalExecutor(arrays, {**job, "threads": st["threads"]}), False
+    started, cpus = backends.start_ray(st["ray"])
+    try:
+        rc = st["ray"]
+        n_workers = rc["workers"] or max(1, cpus // rc["cpus_per_worker"])
+        ex = backends.RayExecutor(arrays, job, n_workers, rc["cpus_per_worker"], st["retries"],
+                                  rc["in_flight"] or 2 * n_workers)
+    except BaseException:
+        if started:
+            import ray
+
+            ray.shutdown()
+        raise
+    return ex, started
+
+
+def backward_induction(executor, root, tables, n_states, layers, chunk, timer):
+    """Fill ``value`` and ``policy`` layer by layer, skipping finished shards."""
+    n_shards = -(-n_states // chunk)
+    prog = progress_dir(tables)
+    for t in range(layers, -1, -1):
+        todo = [i for i in range(n_shards) if not marker_path(prog, "v", t, i).exists()]
+        label = "terminal" if t == layers else f"layer {t}"
+        if not todo:
+            log.info("%s: all %d shards already done", label, n_shards)
+            continue
+        v_next = None
+        if t < layers:
+            with timer("read"):
+                v_next = root["value"][t + 1, :]
+            if np.isnan(v_next).any():
+                raise RunFailed(f"value layer {t + 1} has unwritten states although every "
+                                "shard is marked done; rerun with solver.resume=false")
+        progress = LayerProgress(label, n_shards, n_states, done_shards=n_shards - len(todo))
+        method = "terminal" if t == layers else "backup"
+        with timer("terminal" if t == layers else "backup"):
+            executor.run(method, t, todo, v_next, progress)
+        progress.close()
+
+
 def solve(cfg, run_dir=None):
     """Solve the problem of ``cfg``; write the tables and ``result.json`` to the run dir.
 
+    With ``cfg["tables"]`` set to a finished store, nothing is solved: the
+    stored policy answers this config's data instead (see :func:`reuse`).
     Returns the result dict (also written to ``RUN_DIR/result.json``).
     """
     timer = Timer()
     t_start = time.perf_counter()
     cfg = to_plain(cfg)
     run_dir = _run_dir(run_dir)
+    if cfg.get("tables"):
+        return reuse(cfg, run_dir, timer, t_start)
     with timer("setup"):
         st = settings(cfg)
         prob = problem_mod.build(cfg)
@@ -219,69 +277,120 @@ def solve(cfg, run_dir=None):
             raise QliftError(
                 f"the quantized measure space has {n_states} states, over solver.max_states="
                 f"{st['max_states']}; lower quant.k or quant.m, or raise solver.max_states")
-        pl = plan(n_states, prob.n_actions, prob.layers, st)
-        free_disk = shutil.disk_usage(run_dir if run_dir.exists() else run_dir.parent
-                                      if run_dir.parent.exists() else Path.cwd()).free
-        if pl["disk_bytes"] > free_disk:
-            raise QliftError(f"the tables need {pl['disk_bytes'] / GIB:.2f} GiB on disk, but "
-                             f"{free_disk / GIB:.2f} GiB are free under {run_dir}; choose another "
-                             "hydra.run.dir or lower quant.k or quant.m")
+        pl = plan(n_states, prob.n_actions, prob.layers, st, _free_disk(run_dir))
         q = quantize.build(prob, k, m, st["max_states"])
-    if st["threads"]:
-        numba.set_num_threads(min(st["threads"], numba.config.NUMBA_NUM_THREADS))
     log.info("S=%d quantized measures, |A|=%d actions, T=%d layers; tables %.1f MiB; "
-             "transitions cache: %s", n_states, prob.n_actions, prob.layers,
-             pl["disk_bytes"] / 2**20, pl["cache"])
+             "transitions cache: %s; backend: %s", n_states, prob.n_actions, prob.layers,
+             pl["disk_bytes"] / 2**20, pl["cache"], st["backend"])
 
     run_dir.mkdir(parents=True, exist_ok=True)
     result_path = run_dir / "result.json"
     if result_path.exists():
         result_path.unlink()  # never leave an old result beside new tables
     tables = run_dir / "tables.zarr"
-    hashed = {key: cfg.get(key) for key in TABLE_KEYS}
+    hashed = {**{key: cfg.get(key) for key in TABLE_KEYS}, "chunk": pl["chunk"]}
+    parts = storage.array_hashes(q.arrays)
     attrs = {"config": cfg, "config_hash": storage.canonical_hash(hashed),
-             "mdp_hash": storage.arrays_hash(q.arrays)}
+             "mdp_hash": storage.canonical_hash(parts), "mdp_parts": parts}
     with timer("store"):
-        root = storage.create(tables, n_states, prob.n_actions, prob.layers, pl["chunk"], attrs)
-    _compile(q.arrays, timer)
-    backward_induction_local(q.arrays, n_states, prob.layers, pl, root, timer)
+        root, resumed = _open_or_create(tables, st, n_states, prob, pl, attrs)
+    job = {"store": str(tables), "n_states": int(n_states), "layers": prob.layers,
+           "chunk": pl["chunk"], "idx_dtype": pl["idx_dtype"], "cache": pl["cache"],
+           "fault": None if not st["fault"] else {**st["fault"],
+                                                  "dir": str(run_dir / ".faults")}}
+    with timer("startup"):
+        executor, started = _executor(st, q.arrays, job, timer)
+    try:
+        timer["compile"] = executor.compile_s
+        backward_induction(executor, root, tables, n_states, prob.layers, pl["chunk"], timer)
+        stats = executor.stats()
+        executor.close()
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
     with timer("store"):
         storage.finish(tables)
-
+    n_trans = sum(s["n_transitions"] for s in stats)
+    t_trans = sum(s["transitions"] for s in stats) / max(len(stats), 1)
+    if n_trans:
+        timer["transitions"] = t_trans
     with timer("rollout"):
         policy = root["policy"]
-        mu0 = q.mu0
-        actions, states = rollout(q.arrays, mu0, prob.layers,
-                                  lambda t, s: policy[t, s])
-        value = float(root["value"][0, mu0])
+        actions, states = rollout(q.arrays, q.mu0, prob.layers, lambda t, s: policy[t, s])
+        value = float(root["value"][0, q.mu0])
+    result = _report(prob, q, actions, states, value, timer, t_start, tables, {
+        "backend": st["backend"], "workers": executor.n_workers, "resumed": resumed,
+        "transitions_cache": pl["cache"], "transitions_computed": int(n_trans)})
+    storage.write_json(result_path, result)
+    print(summary(result))
+    return result
+
+
+def reuse(cfg, run_dir, timer, t_start):
+    """Answer this config's data with the policy of a finished store, without solving."""
+    with timer("setup"):
+        tables = Path(cfg["tables"]).expanduser().resolve()
+        root = storage.open_tables(tables)
+        if not root.attrs.get("complete"):
+            raise QliftError(f"tables={str(tables)!r} is not complete (its run did not finish); "
+                             "finish it by rerunning its command, or solve this problem afresh")
+        prob = problem_mod.build(cfg)
+        qcfg = cfg.get("quant") or {}
+        k, m = qcfg.get("k"), qcfg.get("m")
+        *_, n_states = quantize.sizes(prob, k, m)
+        if n_states != root.attrs["n_states"] or prob.layers != root.attrs["layers"]:
+            raise QliftError(
+                f"tables={str(tables)!r} were solved for S={root.attrs['n_states']} states and "
+                f"T={root.attrs['layers']} layers, but this problem has S={n_states}, "
+                f"T={prob.layers}; it needs the same classes, budgets, grid and layers")
+        q = quantize.build(prob, k, m)
+        parts = storage.array_hashes(q.arrays)
+        stored = root.attrs.get("mdp_parts", {})
+        differ = sorted(key for key in parts if stored.get(key) != parts[key])
+        if differ:
+            raise QliftError(
+                f"tables={str(tables)!r} belong to another quantized MDP: "
+                f"{', '.join(storage.describe_parts(differ))} differ; reuse needs the same "
+                "classes, budgets, class shares, grid, weights grid and loss")
+    with timer("rollout"):
+        policy = root["policy"]
+        actions, states = rollout(q.arrays, q.mu0, prob.layers, lambda t, s: policy[t, s])
+        value = float(root["value"][0, q.mu0])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result = _report(prob, q, actions, states, value, timer, t_start, tables,
+                     {"backend": "reuse", "reused_tables": True})
+    storage.write_json(run_dir / "result.json", result)
+    print(summary(result))
+    return result
+
+
+def _report(prob, q, actions, states, value, timer, t_start, tables, extra):
     with timer("evaluate"):
         train_cost = true_cost(prob, actions, prob.train)
         test_cost = true_cost(prob, actions, prob.test) if prob.test is not None else None
     timer["total"] = time.perf_counter() - t_start
-    result = {
+    return {
         "quantized_value": value,
         "true_cost": train_cost,
         "test_cost": test_cost,
         "actions": actions,
         "theta": [prob.theta(a) for a in actions],
-        "n_states": int(n_states),
+        "n_states": int(q.n_states),
         "n_actions": int(prob.n_actions),
         "n_classes": int(q.classes.shape[0]),
         "budgets": [int(b) for b in q.arrays["cls_m"]],
-        "k": k, "m": m, "layers": prob.layers,
-        "mu0": int(mu0),
+        "k": q.k, "m": q.m, "layers": prob.layers,
+        "mu0": int(q.mu0),
         "states": [int(s) for s in states],
-        "backend": st["backend"],
-        "transitions_cache": pl["cache"],
+        **extra,
         "timings": {key: round(v, 6) for key, v in timer.items()},
         "tables": str(tables),
     }
-    storage.write_json(result_path, result)
-    print(summary(result, prob))
-    return result
 
 
-def summary(res, prob):
+def summary(res):
     lines = [
         f"qlift: S={res['n_states']:,} quantized measures x |A|={res['n_actions']} actions, "
         f"T={res['layers']} layers ({res['n_classes']} classes, budgets {res['budgets']})",

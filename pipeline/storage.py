@@ -29,28 +29,60 @@ def canonical_hash(obj):
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def arrays_hash(arrays):
-    """sha256 over the named plain arrays (the identity of a quantized MDP)."""
-    h = hashlib.sha256()
+PART_NAMES = {
+    "coords": "the state grid", "k": "quant.k", "lo": "the box", "hi": "the box",
+    "delta": "the grid spacing", "cls_m": "the class budgets", "cls_off": "the class budgets",
+    "cls_mass": "the class shares of the data", "cls_pe": "the classes' positions",
+    "cls_mask": "the attention mask between classes", "mult": "the classes",
+    "counts": "the classes", "binom": "the budgets", "loss_tab": "the loss",
+    "Ms": "the weights grid (M)", "Vs": "the weights grid (V)", "Ws": "the weights grid (W)",
+    "bs": "the weights grid (b)", "stage": "the weight penalty",
+}
+
+
+def array_hashes(arrays):
+    """sha256 of each named plain array: together, the identity of a quantized MDP."""
+    out = {}
     for key in sorted(arrays):
         a = np.ascontiguousarray(arrays[key])
-        h.update(key.encode())
+        h = hashlib.sha256()
         h.update(str(a.dtype).encode())
         h.update(str(a.shape).encode())
         h.update(a.tobytes())
-    return h.hexdigest()
+        out[key] = h.hexdigest()
+    return out
 
 
-def create(path, n_states, n_actions, layers, chunk, attrs):
-    """Create an empty store at ``path`` (replacing any store there)."""
+def describe_parts(keys):
+    """Readable names of differing MDP arrays, without repeats."""
+    seen = []
+    for key in keys:
+        name = PART_NAMES.get(key, key)
+        if name not in seen:
+            seen.append(name)
+    return seen
+
+
+def create(path, n_states, n_actions, layers, chunk, attrs, transitions=False,
+           idx_dtype="int32"):
+    """Create an empty store at ``path`` (replacing any store there).
+
+    ``value`` is indexed by time t = 0..T (V_T after the last layer) and
+    ``policy`` by layer t = 0..T-1, so their first dimensions are named
+    ``time`` and ``layer``; with ``transitions`` a (state, action) array of
+    next-state indices is created too.
+    """
     path = Path(path)
     if path.exists():
         shutil.rmtree(path)
     root = zarr.open_group(str(path), mode="w", zarr_format=3)
     root.create_array("value", shape=(layers + 1, n_states), chunks=(1, chunk), dtype="float64",
-                      fill_value=np.nan, dimension_names=("layer", "state"))
+                      fill_value=np.nan, dimension_names=("time", "state"))
     root.create_array("policy", shape=(layers, n_states), chunks=(1, chunk), dtype="int32",
                       fill_value=-1, dimension_names=("layer", "state"))
+    if transitions:
+        root.create_array("transitions", shape=(n_states, n_actions), chunks=(chunk, n_actions),
+                          dtype=idx_dtype, fill_value=-1, dimension_names=("state", "action"))
     root.attrs.update({**attrs, "n_states": int(n_states), "n_actions": int(n_actions),
                        "layers": int(layers), "chunk": int(chunk), "complete": False})
     return root
