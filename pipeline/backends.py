@@ -41,10 +41,11 @@ class RayExecutor:
     """Long-lived Ray actors, one per ``cpus_per_worker`` CPUs.
 
     Shard ``i`` always goes to actor ``i % n_workers``, so an in-memory
-    transitions cache stays with the actor that built it. At most
-    ``in_flight`` shards are submitted at once. A shard whose actor dies or
-    raises is resubmitted (the actor restarts) up to ``retries`` times; then
-    the run stops with :class:`RunFailed`.
+    transitions cache stays with the actor that built it. Each actor has at
+    most ``in_flight`` shards submitted at once (default 1, so an actor that
+    dies takes down only the shard it was computing). A shard whose actor
+    dies or raises is resubmitted (the actor restarts) up to ``retries``
+    times; then the run stops with :class:`RunFailed`.
     """
 
     name = "ray"
@@ -69,31 +70,38 @@ class RayExecutor:
     def run(self, method, t, shards, v_next, progress):
         ray = self.ray
         v_ref = ray.put(v_next) if v_next is not None else None
-        pending = deque(shards)
+        queues = [deque() for _ in self.workers]
+        for shard in shards:
+            queues[shard % self.n_workers].append(shard)
         attempts = {}
-        inflight = {}
-        while pending or inflight:
-            while pending and len(inflight) < self.in_flight:
-                shard = pending.popleft()
-                w = self.workers[shard % self.n_workers]
-                inflight[getattr(w, method).remote(t, shard, v_ref)] = shard
+        inflight = {}  # ref -> (worker index, shard)
+        busy = [0] * self.n_workers
+        while inflight or any(queues):
+            for w, queue in enumerate(queues):
+                while queue and busy[w] < self.in_flight:
+                    shard = queue.popleft()
+                    ref = getattr(self.workers[w], method).remote(t, shard, v_ref)
+                    inflight[ref] = (w, shard)
+                    busy[w] += 1
             done, _ = ray.wait(list(inflight), num_returns=1)
             for ref in done:
-                shard = inflight.pop(ref)
+                w, shard = inflight.pop(ref)
+                busy[w] -= 1
                 try:
                     _, n = ray.get(ref)
                 except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError,
                         ray.exceptions.WorkerCrashedError) as exc:
                     attempts[shard] = attempts.get(shard, 0) + 1
-                    cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    name = type(exc).__name__
+                    first = (str(exc).strip().splitlines() or [name])[0][:200]
                     if attempts[shard] > self.retries:
                         raise RunFailed(
-                            f"shard {shard} of layer {t} failed {attempts[shard]} times "
-                            f"(last: {type(exc).__name__}: {cause[:200]}); finished shards are "
-                            "kept: rerun the same command to resume") from None
-                    log.warning("shard %d of layer %d failed (%s); retry %d/%d", shard, t,
-                                type(exc).__name__, attempts[shard], self.retries)
-                    pending.appendleft(shard)
+                            f"shard {shard} of layer {t} failed {attempts[shard]} times (last: "
+                            f"{name}: {first}); finished shards are kept: rerun the same "
+                            "command to resume") from None
+                    log.warning("shard %d of layer %d failed (%s); retry %d/%d", shard, t, name,
+                                attempts[shard], self.retries)
+                    queues[w].appendleft(shard)
                     continue
                 progress.update(n)
 

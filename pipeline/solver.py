@@ -220,7 +220,7 @@ def _executor(st, arrays, job, timer):
         rc = st["ray"]
         n_workers = rc["workers"] or max(1, cpus // rc["cpus_per_worker"])
         ex = backends.RayExecutor(arrays, job, n_workers, rc["cpus_per_worker"], st["retries"],
-                                  rc["in_flight"] or 2 * n_workers)
+                                  rc["in_flight"] or 1)
     except BaseException:
         if started:
             import ray
