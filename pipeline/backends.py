@@ -96,7 +96,8 @@ class RayExecutor:
                     first = (str(exc).strip().splitlines() or [name])[0][:200]
                     if attempts[shard] > self.retries:
                         raise RunFailed(
-                            f"shard {shard} of layer {t} failed {attempts[shard]} times (last: "
+                            f"shard {shard} of layer {t} failed on {attempts[shard]} attempt"
+                            f"{'s' if attempts[shard] > 1 else ''} (last: "
                             f"{name}: {first}); finished shards are kept: rerun the same "
                             "command to resume") from None
                     log.warning("shard %d of layer %d failed (%s); retry %d/%d", shard, t, name,

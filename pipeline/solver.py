@@ -234,6 +234,7 @@ def backward_induction(executor, root, tables, n_states, layers, chunk, timer):
     """Fill ``value`` and ``policy`` layer by layer, skipping finished shards."""
     n_shards = -(-n_states // chunk)
     prog = progress_dir(tables)
+    layer_s = {}
     for t in range(layers, -1, -1):
         todo = [i for i in range(n_shards) if not marker_path(prog, "v", t, i).exists()]
         label = "terminal" if t == layers else f"layer {t}"
@@ -251,7 +252,8 @@ def backward_induction(executor, root, tables, n_states, layers, chunk, timer):
         method = "terminal" if t == layers else "backup"
         with timer("terminal" if t == layers else "backup"):
             executor.run(method, t, todo, v_next, progress)
-        progress.close()
+        layer_s[t] = progress.close()
+    return layer_s
 
 
 def solve(cfg, run_dir=None):
@@ -302,7 +304,8 @@ def solve(cfg, run_dir=None):
         executor, started = _executor(st, q.arrays, job, timer)
     try:
         timer["compile"] = executor.compile_s
-        backward_induction(executor, root, tables, n_states, prob.layers, pl["chunk"], timer)
+        layer_s = backward_induction(executor, root, tables, n_states, prob.layers, pl["chunk"],
+                                     timer)
         stats = executor.stats()
         executor.close()
     finally:
@@ -322,7 +325,8 @@ def solve(cfg, run_dir=None):
         value = float(root["value"][0, q.mu0])
     result = _report(prob, q, actions, states, value, timer, t_start, tables, {
         "backend": st["backend"], "workers": executor.n_workers, "resumed": resumed,
-        "transitions_cache": pl["cache"], "transitions_computed": int(n_trans)})
+        "transitions_cache": pl["cache"], "transitions_computed": int(n_trans),
+        "layer_seconds": {str(t): round(v, 6) for t, v in sorted(layer_s.items())}})
     storage.write_json(result_path, result)
     print(summary(result))
     return result

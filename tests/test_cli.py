@@ -45,6 +45,26 @@ def test_default_problem_end_to_end(tmp_path):
                                              abs=1e-12)
     assert res["test_cost"] == pytest.approx(true_cost_loop(prob, res["actions"], prob.test),
                                              abs=1e-12)
+    # the finished store answers a new data set of the same class sizes without solving
+    new = tmp_path / "reuse"
+    proc = run_cli(f"hydra.run.dir={new}", f"tables={res['tables']}", "data.seed=5")
+    assert proc.returncode == 0, proc.stderr
+    again = json.loads((new / "result.json").read_text())
+    assert again["reused_tables"] is True and not (new / "tables.zarr").exists()
+    assert again["mu0"] != res["mu0"]
+    assert again["quantized_value"] == root["value"][0, again["mu0"]]
+    assert again["actions"][0] == root["policy"][0, again["mu0"]]
+
+
+def test_failed_shard_is_one_line_and_exit_1(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli(f"hydra.run.dir={out}", "quant.m=2", "solver.retries=0",
+                   "solver.fault={layer: 2, shard: 0, times: 9}", "ray.num_cpus=1")
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("qlift: run failed: shard 0 of layer 2 failed on 1 attempt ")
+    assert "Traceback" not in proc.stderr
+    assert not (out / "result.json").exists()
 
 
 def test_user_problem_folder_and_data_file(tmp_path):
