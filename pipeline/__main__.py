@@ -1,5 +1,6 @@
 """``python -m pipeline``: the Hydra entry point over :func:`pipeline.solver.solve`."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -16,12 +17,12 @@ def main(cfg):
 
     try:
         return solve(cfg)["quantized_value"]
-    except QliftError as exc:
-        print(f"qlift: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except RunFailed as exc:
-        print(f"qlift: run failed: {exc}", file=sys.stderr)
-        sys.exit(1)
+    except (QliftError, RunFailed) as exc:
+        if os.environ.get("SUBMITIT_EXECUTOR"):
+            raise  # submitit records it, and Hydra reports the failed job to the sweep
+        kind, status = ("error", 2) if isinstance(exc, QliftError) else ("run failed", 1)
+        print(f"qlift: {kind}: {exc}", file=sys.stderr)
+        sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -127,7 +127,8 @@ def start_ray(rcfg):
         if address:
             ray.init(address=address, **kwargs)
         else:
-            n = rcfg.get("num_cpus") or os.cpu_count() or 1
+            n = (rcfg.get("num_cpus") or os.environ.get("SLURM_CPUS_PER_TASK")
+                 or os.cpu_count() or 1)
             osm = rcfg.get("object_store_gb")
             ray.init(num_cpus=int(n),
                      object_store_memory=int(osm * 2**30) if osm else None, **kwargs)
