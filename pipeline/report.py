@@ -110,7 +110,10 @@ def plot(rows_, path):
     ax.set_ylabel("cost J (loss units)")
     ax.set_title("Cost against quantization resolution")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ok:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no finished jobs", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -66,6 +66,10 @@ NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 CONF
     export SLURM_CONF="$dir/slurm.conf"
+    if pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null; then
+        echo "slurm: a slurmctld or slurmd already runs here (pids $(pgrep -d, -x 'slurmctld|slurmd')); stop it first" >&2
+        exit 1
+    fi
     /usr/sbin/slurmctld -f "$SLURM_CONF"
     /usr/sbin/slurmd -f "$SLURM_CONF"
     for _ in $(seq 100); do

@@ -39,3 +39,37 @@ def ray_session():
         yield ray
     finally:
         ray.shutdown()
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A real Slurm to submit to: the one SLURM_CONF names, else one started here.
+
+    Starting needs Debian's slurm-wlm and munge (``slurm/local_cluster.sh
+    install``, which .ci/run runs); without them the Slurm tests skip. Daemons
+    started here are stopped by their pids at the end of the session.
+    """
+    import os
+    import shutil
+    import subprocess
+
+    if os.environ.get("SLURM_CONF"):
+        ok = subprocess.run(["sinfo", "-h"], capture_output=True, text=True)
+        if ok.returncode == 0:
+            yield dict(os.environ)
+            return
+    if not all(shutil.which(b) for b in ("slurmctld", "slurmd", "munged", "sbatch")):
+        pytest.skip("no Slurm here: install it with 'slurm/local_cluster.sh install' "
+                    "(Debian's slurm-wlm and munge) or point SLURM_CONF at a cluster")
+    state = tmp_path_factory.mktemp("slurm")
+    script = str(ROOT / "slurm" / "local_cluster.sh")
+    up = subprocess.run([script, "start", str(state)], capture_output=True, text=True)
+    try:
+        if up.returncode != 0:
+            pytest.skip(f"could not start a local Slurm: {up.stderr.strip()[-300:]}")
+        yield {**os.environ, "SLURM_CONF": str(state / "slurm.conf")}
+    finally:
+        subprocess.run([script, "stop", str(state)], capture_output=True)
