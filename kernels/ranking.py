@@ -20,7 +20,7 @@ Classes are combined in mixed radix, class 0 most significant:
 import numba as nb
 
 
-@nb.njit(cache=True, inline="always")
+@nb.njit(cache=True)
 def rank_multiset(cells, start, m, binom):
     """Rank of the sorted multiset ``cells[start:start + m]`` (int64)."""
     r = 0
@@ -29,7 +29,7 @@ def rank_multiset(cells, start, m, binom):
     return r
 
 
-@nb.njit(cache=True, inline="always")
+@nb.njit(cache=True)
 def unrank_multiset(r, m, n_cells, binom, out, start):
     """Write the sorted multiset of rank ``r`` into ``out[start:start + m]``.
 

@@ -59,8 +59,10 @@ class RayExecutor:
         actor = ray.remote(ShardWorker).options(
             num_cpus=cpus_per_worker, max_restarts=max(retries, 0), max_task_retries=0)
         job = {**job, "threads": cpus_per_worker}
-        # passed by value, not as an object ref, so a restarted actor never loses them
-        self.workers = [actor.remote(arrays, job) for _ in range(n_workers)]
+        # one copy in the object store, referenced here for the whole run, so an actor
+        # that restarts after a crash finds its constructor arguments again
+        self.arrays_ref = ray.put(arrays)
+        self.workers = [actor.remote(self.arrays_ref, job) for _ in range(n_workers)]
         self.n_workers = n_workers
         infos = ray.get([w.info.remote() for w in self.workers])
         self.compile_s = max(i["compile_s"] for i in infos)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 import numpy as np
 
 import kernels
+import kernels.fast as fast
+from pipeline import tables
 from pipeline.errors import QliftError
 from pipeline.problem import positional_encoding
 from pipeline.true_system import attend_mask, pointwise_loss
@@ -137,6 +139,7 @@ def build(prob, k, m, max_states=None):
         **{key: np.ascontiguousarray(v) for key, v in prob.actions.items()},
         "stage": prob.stage,
     }
+    tables.build(arrays)
     # initial quantized measure: largest remainder per class
     cell = flat_cells(prob.train["x"], prob.lo, delta, k)
     mu0 = np.empty(int(cls_off[-1]), np.int64)
@@ -149,7 +152,30 @@ def build(prob, k, m, max_states=None):
 
 
 def transition(arrays, states, out):
-    """``out[i, a] = F(states[i], a)`` with the numba kernel."""
+    """``out[i, a] = F(states[i], a)`` with the table-driven numba kernel."""
+    a = arrays
+    fast.transition_fast(states, a["coords"], a["k"], a["lo"], a["hi"], a["delta"], a["cls_m"],
+                         a["cls_off"], a["cls_mass"], a["cls_pe"], a["cls_mask"], a["mult"],
+                         a["counts"], a["binom"], a["binomT"], a["Ms"], a["Vs"], a["Ws"], a["bs"],
+                         a["cls_q"],
+                         a["n_q"], a["cls_dyn"], a["dyn_q"], a["src_ptr"], a["src_cls"], a["E"],
+                         a["VX"], a["WX"], a["F"], a["F_off"], out)
+    return out
+
+
+def transition_ranks(arrays, ranks, out):
+    """``out[i, a, s]``: class s's rank after action a from the rank vector ``ranks[i]``."""
+    a = arrays
+    fast.transition_ranks(ranks, a["coords"], a["k"], a["lo"], a["hi"], a["delta"], a["cls_m"],
+                          a["cls_off"], a["cls_mass"], a["cls_pe"], a["cls_mask"], a["binom"],
+                          a["binomT"], a["Ms"], a["Vs"], a["Ws"], a["bs"], a["cls_q"], a["n_q"], a["cls_dyn"],
+                          a["dyn_q"], a["src_ptr"], a["src_cls"], a["E"], a["VX"], a["WX"],
+                          a["F"], a["F_off"], out)
+    return out
+
+
+def transition_exact(arrays, states, out):
+    """Like :func:`transition`, with exp computed per pair and the occupied row max."""
     a = arrays
     kernels.transition_batch(states, a["coords"], a["k"], a["lo"], a["hi"], a["delta"],
                              a["cls_m"], a["cls_off"], a["cls_mass"], a["cls_pe"], a["cls_mask"],

@@ -154,13 +154,10 @@ def plan(n_states, n_actions, layers, st, free_disk):
 
 
 def step(arrays, state, a):
-    """F(state, a) for one state and one action."""
-    one = dict(arrays)
-    for key in ("Ms", "Vs", "Ws", "bs"):
-        one[key] = arrays[key][a:a + 1]
-    out = np.empty((1, 1), np.int64)
-    quantize.transition(one, np.array([state], np.int64), out)
-    return int(out[0, 0])
+    """F(state, a) for one state and one action (the kernel moves a state under all)."""
+    out = np.empty((1, arrays["stage"].shape[0]), np.int64)
+    quantize.transition(arrays, np.array([state], np.int64), out)
+    return int(out[0, a])
 
 
 def rollout(arrays, mu0, layers, policy_at):

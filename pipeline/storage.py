@@ -42,8 +42,10 @@ PART_NAMES = {
 
 def array_hashes(arrays):
     """sha256 of each named plain array: together, the identity of a quantized MDP."""
+    from pipeline.tables import DERIVED
+
     out = {}
-    for key in sorted(arrays):
+    for key in sorted(set(arrays) - set(DERIVED)):
         a = np.ascontiguousarray(arrays[key])
         h = hashlib.sha256()
         h.update(str(a.dtype).encode())
