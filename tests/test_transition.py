@@ -102,3 +102,51 @@ def test_initial_measure_follows_largest_remainder(cfg_factory):
     # class 0: cells 0,1,1 -> q = 2/3, 4/3 -> floors 0,1; one more to cell 0 (2/3 > 1/3)
     # class 1: cells 2,2,4,4 -> q = 1, 1 -> one particle each
     assert list(q.mu0_cells) == [0, 1, 2, 4]
+
+
+def _kernel_variants(q):
+    """The fast kernel with field tables, without them, and the exact kernel."""
+    no_fields = {**q.arrays, "F": np.zeros(0), "F_off": np.full(1, -1, np.int64)}
+    return {"fields": (quantize.transition, q.arrays), "no_fields": (quantize.transition, no_fields),
+            "exact": (quantize.transition_exact, q.arrays)}
+
+
+@pytest.mark.parametrize("pe,mask", [("onehot", "causal"), ("sinusoidal", "sequence"),
+                                     ("none", "none")])
+def test_fast_kernel_paths_agree_with_reference(cfg_factory, pe, mask):
+    prob, q = _random_problem(cfg_factory, pe, mask, seed=3)
+    assert q.arrays["F_off"][0] >= 0  # small problem: field tables are built
+    ref = QuantizedReference(prob, q)
+    states = np.random.default_rng(5).integers(0, q.n_states, 60).astype(np.int64)
+    want = np.array([[ref.step(int(s), a) for a in range(prob.n_actions)] for s in states])
+    for name, (fn, arrays) in _kernel_variants(q).items():
+        got = fn(arrays, states, np.empty((60, prob.n_actions), np.int64))
+        np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+def test_underflowing_scores_fall_back_to_the_exact_max(cfg_factory):
+    """Scores far below the grid row max underflow exp(): the exact path must take over."""
+    cfg = cfg_factory(data={"n": 8, "seed": 3}, quant={"k": 5, "m": 2},
+                      model={"box": [-1.0, 1.0],
+                             "free": {"M[0,0]": [900.0, -900.0], "V[0,0]": [0.73],
+                                      "b[0]": [-0.13, 0.21]}})
+    prob = problem.build(cfg)
+    q = quantize.build(prob, 5, 2)
+    ref = QuantizedReference(prob, q)
+    states = np.arange(q.n_states, dtype=np.int64)
+    want = np.array([[ref.step(int(s), a) for a in range(prob.n_actions)] for s in states])
+    got = quantize.transition(q.arrays, states, np.empty((q.n_states, prob.n_actions), np.int64))
+    np.testing.assert_array_equal(got, want)
+    # the row-max-shifted table really underflows here, so the fallback was exercised
+    assert (q.arrays["E"] == 0).any()
+
+
+def test_rank_vector_kernel_matches_index_kernel(cfg_factory):
+    prob, q = _random_problem(cfg_factory, "onehot", "causal", seed=4)
+    states = np.arange(0, q.n_states, 7, dtype=np.int64)
+    mult, counts = q.arrays["mult"], q.arrays["counts"]
+    ranks = (states[:, None] // mult[None, :]) % counts[None, :]
+    out = quantize.transition_ranks(q.arrays, ranks, np.empty((len(states), prob.n_actions,
+                                                               len(mult)), np.int64))
+    idx = quantize.transition(q.arrays, states, np.empty((len(states), prob.n_actions), np.int64))
+    np.testing.assert_array_equal((out * mult).sum(axis=2), idx)
