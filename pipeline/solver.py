@@ -104,6 +104,7 @@ def settings(cfg):
         "max_states": _int("solver", scfg, "max_states", 200_000_000),
         "chunk": _int("solver", scfg, "chunk_states", 65536),
         "threads": _int("solver", scfg, "threads", None),
+        "value_dtype": _choice("solver", scfg, "value_dtype", "float64", ("float64", "float32")),
         "resume": resume,
         "retries": _int("solver", scfg, "retries", 3, minimum=0),
         "fault": fault,
@@ -121,10 +122,11 @@ def settings(cfg):
 def plan(n_states, n_actions, layers, st, free_disk):
     """Bytes the run needs and the transitions cache; refuse before allocating."""
     idx_bytes = 4 if n_states < 2**31 else 8
+    vb = 4 if st["value_dtype"] == "float32" else 8
     chunk = min(st["chunk"], n_states)
-    base = 3 * n_states * 8 + 4 * chunk * n_actions * idx_bytes  # V_{t+1}, its Ray copy, V_t read
+    base = 3 * n_states * vb + 4 * chunk * n_actions * idx_bytes  # V_{t+1}, its Ray copy, V_t
     cache_bytes = n_states * n_actions * idx_bytes
-    tables = (layers + 1) * n_states * 8 + layers * n_states * 4
+    tables = (layers + 1) * n_states * vb + layers * n_states * 4
     if base > st["memory_bytes"]:
         raise QliftError(
             f"S={n_states} states x |A|={n_actions} actions need {base / GIB:.2f} GiB in memory "
@@ -204,7 +206,8 @@ def _open_or_create(tables, st, n_states, prob, pl, attrs):
         shutil.rmtree(prog)
     root = storage.create(tables, n_states, prob.n_actions, prob.layers, pl["chunk"],
                           {**attrs, "transitions_cache": pl["cache"]},
-                          transitions=pl["cache"] == "disk", idx_dtype=pl["idx_dtype"])
+                          transitions=pl["cache"] == "disk", idx_dtype=pl["idx_dtype"],
+                          value_dtype=st["value_dtype"])
     prog.mkdir(parents=True)
     return root, False
 
@@ -287,7 +290,8 @@ def solve(cfg, run_dir=None):
     if result_path.exists():
         result_path.unlink()  # never leave an old result beside new tables
     tables = run_dir / "tables.zarr"
-    hashed = {**{key: cfg.get(key) for key in TABLE_KEYS}, "chunk": pl["chunk"]}
+    hashed = {**{key: cfg.get(key) for key in TABLE_KEYS}, "chunk": pl["chunk"],
+              "value_dtype": st["value_dtype"]}
     parts = storage.array_hashes(q.arrays)
     attrs = {"config": cfg, "config_hash": storage.canonical_hash(hashed),
              "mdp_hash": storage.canonical_hash(parts), "mdp_parts": parts}
@@ -295,6 +299,7 @@ def solve(cfg, run_dir=None):
         root, resumed = _open_or_create(tables, st, n_states, prob, pl, attrs)
     job = {"store": str(tables), "n_states": int(n_states), "layers": prob.layers,
            "chunk": pl["chunk"], "idx_dtype": pl["idx_dtype"], "cache": pl["cache"],
+           "value_dtype": st["value_dtype"],
            "fault": None if not st["fault"] else {**st["fault"],
                                                   "dir": str(run_dir / ".faults")}}
     with timer("startup"):

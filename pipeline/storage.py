@@ -2,7 +2,7 @@
 
 Layout of ``tables.zarr``:
 
-- ``value``  (T+1, S) float64, dimensions (layer, state), chunks (1, chunk)
+- ``value``  (T+1, S) float64 (or float32), dimensions (time, state), chunks (1, chunk)
 - ``policy`` (T, S)   int32,   dimensions (layer, state), chunks (1, chunk)
 - attributes: ``config`` (the resolved config), ``config_hash``, ``mdp_hash``,
   ``n_states``, ``n_actions``, ``layers``, ``chunk``, and ``complete``
@@ -66,7 +66,7 @@ def describe_parts(keys):
 
 
 def create(path, n_states, n_actions, layers, chunk, attrs, transitions=False,
-           idx_dtype="int32"):
+           idx_dtype="int32", value_dtype="float64"):
     """Create an empty store at ``path`` (replacing any store there).
 
     ``value`` is indexed by time t = 0..T (V_T after the last layer) and
@@ -78,7 +78,7 @@ def create(path, n_states, n_actions, layers, chunk, attrs, transitions=False,
     if path.exists():
         shutil.rmtree(path)
     root = zarr.open_group(str(path), mode="w", zarr_format=3)
-    root.create_array("value", shape=(layers + 1, n_states), chunks=(1, chunk), dtype="float64",
+    root.create_array("value", shape=(layers + 1, n_states), chunks=(1, chunk), dtype=value_dtype,
                       fill_value=np.nan, dimension_names=("time", "state"))
     root.create_array("policy", shape=(layers, n_states), chunks=(1, chunk), dtype="int32",
                       fill_value=-1, dimension_names=("layer", "state"))

@@ -49,8 +49,9 @@ def compile_kernels(arrays):
     st = np.zeros(1, np.int64)
     for dt in (np.int32, np.int64):
         quantize.transition(arrays, st, np.empty((1, n_a), dt))
-        kernels.bellman_backup(np.zeros((1, n_a), dt), arrays["stage"], np.zeros(1),
-                               np.empty(1), np.empty(1, np.int32))
+    for vt in (np.float64, np.float32):
+        kernels.bellman_backup(np.zeros((1, n_a), np.int32), arrays["stage"].astype(vt),
+                               np.zeros(1, vt), np.empty(1, vt), np.empty(1, np.int32))
     quantize.terminal(arrays, st, np.empty(1))
 
 
@@ -63,7 +64,8 @@ class ShardWorker:
         The quantized MDP (see :mod:`kernels.transition`).
     job : dict
         ``store`` (absolute path), ``n_states``, ``layers``, ``chunk``,
-        ``idx_dtype`` ("int32" or "int64"), ``cache`` ("memory", "disk" or
+        ``idx_dtype`` ("int32" or "int64"), ``value_dtype`` ("float64" or
+        "float32"), ``cache`` ("memory", "disk" or
         "off"), ``threads`` (numba threads), ``fault`` (test hook or None).
     """
 
@@ -82,6 +84,8 @@ class ShardWorker:
         self.trans = root["transitions"] if job["cache"] == "disk" else None
         self.progress = progress_dir(job["store"])
         self.idx_dtype = np.dtype(job["idx_dtype"])
+        self.value_dtype = np.dtype(job.get("value_dtype", "float64"))
+        self.stage = self.arrays["stage"].astype(self.value_dtype)
         self.cache = {}
         self.stats = {"transitions": 0.0, "backup": 0.0, "terminal": 0.0, "write": 0.0,
                       "n_transitions": 0}
@@ -136,7 +140,7 @@ class ShardWorker:
         v = quantize.terminal(self.arrays, np.arange(lo, hi, dtype=np.int64), np.empty(hi - lo))
         self.stats["terminal"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        self.value[t, lo:hi] = v
+        self.value[t, lo:hi] = v.astype(self.value_dtype)
         write_marker(marker_path(self.progress, "v", t, shard), {"layer": t, "shard": shard})
         self.stats["write"] += time.perf_counter() - t0
         return shard, hi - lo
@@ -149,9 +153,9 @@ class ShardWorker:
         lo, hi = self._range(shard)
         nxt = self._next(shard)
         t0 = time.perf_counter()
-        v = np.empty(hi - lo)
+        v = np.empty(hi - lo, self.value_dtype)
         pi = np.empty(hi - lo, np.int32)
-        kernels.bellman_backup(nxt, self.arrays["stage"], v_next, v, pi)
+        kernels.bellman_backup(nxt, self.stage, v_next, v, pi)
         self.stats["backup"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         self.value[t, lo:hi] = v

@@ -81,3 +81,22 @@ def test_tables_satisfy_bellman_and_ties_go_to_lowest_action(cfg_factory, tmp_pa
     assert root.attrs["complete"] is True
     assert root.attrs["config"]["quant"] == {"k": 5, "m": 2}
     assert len(root.attrs["config_hash"]) == 64
+
+
+@pytest.mark.parametrize("case", CASES[:6:2])
+def test_float32_values_change_nothing_that_matters(cfg_factory, tmp_path, case):
+    """float32 value tables: same optimal cost to float32 rounding, same rolled-out cost."""
+    cfg = _cfg(cfg_factory, *case)
+    res64 = solve(cfg, run_dir=tmp_path / "f64")
+    cfg32 = {**cfg, "solver": {**cfg["solver"], "value_dtype": "float32"}}
+    res32 = solve(cfg32, run_dir=tmp_path / "f32")
+    v64 = storage.open_tables(res64["tables"])["value"][:]
+    root32 = storage.open_tables(res32["tables"])
+    assert root32["value"].dtype == np.float32
+    np.testing.assert_allclose(root32["value"][:], v64, rtol=0, atol=1e-6)
+    assert abs(res32["quantized_value"] - res64["quantized_value"]) < 1e-6
+    prob = problem.build(cfg)
+    ref = QuantizedReference(prob, quantize.build(prob, 4, None))
+    # the float32 policy's weights attain the float64 optimum on the quantized system
+    assert ref.sequence_cost(res32["mu0"], res32["actions"]) == pytest.approx(
+        res64["quantized_value"], abs=1e-6)
