@@ -34,7 +34,7 @@ Ms : (A, D, D), Vs, Ws : (A, d, d), bs : (A, d) float64
 import numba as nb
 import numpy as np
 
-from kernels.ranking import rank_multiset, unrank_state
+from kernels.ranking import rank_multiset, unrank_multiset, unrank_state
 
 
 @nb.njit(cache=True)
@@ -222,6 +222,31 @@ def terminal_cost_batch(states, cls_m, cls_off, cls_mass, mult, counts, n_cells,
         occ_cnt = np.empty(n_tot, np.int64)
         for i in range(i0, i1):
             unrank_state(states[i], cls_m, cls_off, mult, counts, n_cells, binom, cells)
+            n_occ = _occupied(cells, cls_m, cls_off, occ_cell, occ_cls, occ_cnt)
+            acc = 0.0
+            for j in range(n_occ):
+                s = occ_cls[j]
+                acc += occ_cnt[j] * cls_mass[s] * loss_tab[s, occ_cell[j]]
+            out_cost[i] = acc
+
+
+@nb.njit(parallel=True, cache=True)
+def terminal_cost_ranks(ranks, cls_m, cls_off, cls_mass, n_cells, binom, loss_tab, out_cost):
+    """Like :func:`terminal_cost_batch`, for per-class rank vectors ``ranks`` (B, n_cls)."""
+    n_b = ranks.shape[0]
+    n_cls = cls_m.shape[0]
+    n_tot = cls_off[-1]
+    n_blocks = min(n_b, 64)
+    for blk in nb.prange(n_blocks):
+        i0 = blk * n_b // n_blocks
+        i1 = (blk + 1) * n_b // n_blocks
+        cells = np.empty(n_tot, np.int64)
+        occ_cell = np.empty(n_tot, np.int64)
+        occ_cls = np.empty(n_tot, np.int64)
+        occ_cnt = np.empty(n_tot, np.int64)
+        for i in range(i0, i1):
+            for s in range(n_cls):
+                unrank_multiset(ranks[i, s], cls_m[s], n_cells, binom, cells, cls_off[s])
             n_occ = _occupied(cells, cls_m, cls_off, occ_cell, occ_cls, occ_cnt)
             acc = 0.0
             for j in range(n_occ):

@@ -74,6 +74,14 @@ class Quantized:
     def mu0(self):
         return self.index(self.mu0_cells)
 
+    @property
+    def mu0_ranks(self):
+        """Per-class multiset ranks of the initial measure, (n_cls,) int64."""
+        a = self.arrays
+        return np.array([kernels.rank_multiset(self.mu0_cells, a["cls_off"][s], a["cls_m"][s],
+                                               a["binom"]) for s in range(len(a["cls_m"]))],
+                        np.int64)
+
     def index(self, cells):
         a = self.arrays
         return int(kernels.state_index(np.asarray(cells, np.int64), a["cls_m"], a["cls_off"],
@@ -103,23 +111,34 @@ def sizes(prob, k, m):
     return n_cells, classes, inv.reshape(-1), cls_n, budgets, counts, math.prod(counts)
 
 
-def build(prob, k, m, max_states=None):
-    """Quantize ``prob`` with k grid points per coordinate and m particles per class."""
+def build(prob, k, m, max_states=None, full=True):
+    """Quantize ``prob`` with k grid points per coordinate and m particles per class.
+
+    ``full=False`` (reachable mode) allows a measure space too large for one
+    int64 index: states are then per-class rank vectors and ``mult`` is unused.
+    """
     n_cells, classes, inv, cls_n, budgets, counts, n_states = sizes(prob, k, m)
-    if n_states > INT64_MAX:
+    if max(counts) > INT64_MAX:
+        raise QliftError(f"a class holds about 10^{len(str(max(counts))) - 1} multisets, beyond "
+                         "int64; lower quant.k or quant.m")
+    if full and n_states > INT64_MAX:
         raise QliftError(f"the quantized measure space has about 10^{len(str(n_states)) - 1} "
-                         "states, beyond int64; lower quant.k or quant.m")
-    if max_states is not None and n_states > max_states:
+                         "states, beyond int64; lower quant.k or quant.m, or use "
+                         "solver.mode=reachable")
+    if full and max_states is not None and n_states > max_states:
         raise QliftError(f"the quantized measure space has {n_states} states, over "
-                         f"solver.max_states={max_states}; lower quant.k or quant.m, or raise "
-                         "solver.max_states")
+                         f"solver.max_states={max_states}; lower quant.k or quant.m, raise "
+                         "solver.max_states, or use solver.mode=reachable")
     delta = (prob.hi - prob.lo) / (k - 1)
     n_cls = classes.shape[0]
     cls_m = np.array(budgets, np.int64)
     cls_off = np.concatenate([[0], np.cumsum(cls_m)]).astype(np.int64)
     mult = np.ones(n_cls, np.int64)
-    for s in range(n_cls - 2, -1, -1):
-        mult[s] = mult[s + 1] * counts[s + 1]
+    if full:
+        for s in range(n_cls - 2, -1, -1):
+            mult[s] = mult[s + 1] * counts[s + 1]
+    else:
+        mult[:] = 0
     jj = np.indices((k,) * prob.d).reshape(prob.d, -1).T
     coords = prob.lo + jj * delta
     g, p, y = classes[:, 0], classes[:, 1], classes[:, 2]
@@ -181,6 +200,14 @@ def transition_exact(arrays, states, out):
                              a["cls_m"], a["cls_off"], a["cls_mass"], a["cls_pe"], a["cls_mask"],
                              a["mult"], a["counts"], a["binom"], a["Ms"], a["Vs"], a["Ws"],
                              a["bs"], out)
+    return out
+
+
+def terminal_ranks(arrays, ranks, out):
+    """``out[i] = V_T`` of the per-class rank vector ``ranks[i]``."""
+    a = arrays
+    kernels.terminal_cost_ranks(ranks, a["cls_m"], a["cls_off"], a["cls_mass"],
+                                a["coords"].shape[0], a["binom"], a["loss_tab"], out)
     return out
 
 

@@ -30,6 +30,7 @@ log = logging.getLogger("qlift")
 GIB = 2**30
 BACKENDS = ("ray", "local")
 CACHE_MODES = ("auto", "memory", "disk", "off")
+MODES = ("full", "reachable")
 TABLE_KEYS = ("data", "model", "loss", "quant")  # what, with the chunk size, fixes the tables
 
 
@@ -105,6 +106,7 @@ def settings(cfg):
         "chunk": _int("solver", scfg, "chunk_states", 65536),
         "threads": _int("solver", scfg, "threads", None),
         "value_dtype": _choice("solver", scfg, "value_dtype", "float64", ("float64", "float32")),
+        "mode": _choice("solver", scfg, "mode", "full", MODES),
         "resume": resume,
         "retries": _int("solver", scfg, "retries", 3, minimum=0),
         "fault": fault,
@@ -131,7 +133,8 @@ def plan(n_states, n_actions, layers, st, free_disk):
         raise QliftError(
             f"S={n_states} states x |A|={n_actions} actions need {base / GIB:.2f} GiB in memory "
             f"for the value layers, over solver.memory_gb={st['memory_gb']:g}; lower quant.k or "
-            "quant.m, shrink the model.free grids, or raise solver.memory_gb")
+            "quant.m, shrink the model.free grids, raise solver.memory_gb, or use "
+            "solver.mode=reachable")
     if tables > free_disk:
         raise QliftError(f"the tables need {tables / GIB:.2f} GiB on disk but {free_disk / GIB:.2f} "
                          "GiB are free; choose another hydra.run.dir or lower quant.k or quant.m")
@@ -275,10 +278,15 @@ def solve(cfg, run_dir=None):
         qcfg = cfg.get("quant") or {}
         k, m = qcfg.get("k"), qcfg.get("m")
         *_, n_states = quantize.sizes(prob, k, m)
+        if st["mode"] == "reachable":
+            return solve_reachable_mode(cfg, st, prob, k, m, n_states, run_dir, timer, t_start)
         if n_states > st["max_states"]:
+            big = (f"{n_states}" if n_states < 10**15 else
+                   f"about 10^{len(str(n_states)) - 1}")
             raise QliftError(
-                f"the quantized measure space has {n_states} states, over solver.max_states="
-                f"{st['max_states']}; lower quant.k or quant.m, or raise solver.max_states")
+                f"the quantized measure space has {big} states, over solver.max_states="
+                f"{st['max_states']}; lower quant.k or quant.m, raise solver.max_states, or use "
+                "solver.mode=reachable (only the measures reachable from the data)")
         pl = plan(n_states, prob.n_actions, prob.layers, st, _free_disk(run_dir))
         q = quantize.build(prob, k, m, st["max_states"])
     log.info("S=%d quantized measures, |A|=%d actions, T=%d layers; tables %.1f MiB; "
@@ -334,6 +342,56 @@ def solve(cfg, run_dir=None):
     return result
 
 
+def solve_reachable_mode(cfg, st, prob, k, m, n_states, run_dir, timer, t_start):
+    """``solver.mode=reachable``: back up values over the measures reachable from mu_0."""
+    from pipeline import reachable
+
+    with timer("setup"):
+        q = quantize.build(prob, k, m, full=False)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result_path = run_dir / "result.json"
+    if result_path.exists():
+        result_path.unlink()
+    tables = run_dir / "tables.zarr"
+    log.info("reachable mode: the full space has %s states; enumerating from mu_0 with %d "
+             "actions over %d layers", n_states if n_states < 10**15 else
+             f"about 10^{len(str(n_states)) - 1}", prob.n_actions, prob.layers)
+    started = False
+    with timer("startup"):
+        if st["backend"] == "ray":
+            started, cpus = backends.start_ray(st["ray"])
+            rc = st["ray"]
+            n_workers = rc["workers"] or max(1, cpus // rc["cpus_per_worker"])
+        else:
+            n_workers = 1
+    try:
+        with timer("startup"):
+            ex = reachable.make_workers(q.arrays, st["backend"], n_workers,
+                                        st["ray"]["cpus_per_worker"], st["threads"])
+        with timer("solve"):
+            sizes, values, policies, states, actions, path, n_trans = reachable.solve_reachable(
+                ex, q.mu0_ranks, prob.layers, log)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    with timer("store"):
+        storage.write_reachable(tables, states, values, policies, {
+            "config": cfg, "mode": "reachable", "layers": prob.layers,
+            "n_actions": int(prob.n_actions), "reachable_states": sizes})
+    value = float(values[0][path[0]])
+    result = _report(prob, q, actions, path, value, timer, t_start, tables, {
+        "backend": st["backend"], "workers": n_workers, "mode": "reachable",
+        "n_states": int(n_states) if n_states < 2**63 else None,
+        "n_states_log10": float(np.log10(float(n_states))) if n_states < 10**300 else
+        len(str(n_states)) - 1, "reachable_states": sizes, "transitions_computed": int(n_trans),
+        "mu0": int(path[0]), "mu0_ranks": [int(r) for r in q.mu0_ranks]})
+    storage.write_json(result_path, result)
+    print(summary(result))
+    return result
+
+
 def reuse(cfg, run_dir, timer, t_start):
     """Answer this config's data with the policy of a finished store, without solving."""
     with timer("setup"):
@@ -377,29 +435,44 @@ def _report(prob, q, actions, states, value, timer, t_start, tables, extra):
         train_cost = true_cost(prob, actions, prob.train)
         test_cost = true_cost(prob, actions, prob.test) if prob.test is not None else None
     timer["total"] = time.perf_counter() - t_start
-    return {
+    out = {
         "quantized_value": value,
         "true_cost": train_cost,
         "test_cost": test_cost,
         "actions": actions,
         "theta": [prob.theta(a) for a in actions],
-        "n_states": int(q.n_states),
+        "n_states": int(q.n_states) if q.n_states < 2**63 else None,
         "n_actions": int(prob.n_actions),
         "n_classes": int(q.classes.shape[0]),
         "budgets": [int(b) for b in q.arrays["cls_m"]],
         "k": q.k, "m": q.m, "layers": prob.layers,
-        "mu0": int(q.mu0),
+        "mu0": int(q.mu0) if "mu0" not in extra else extra["mu0"],
         "states": [int(s) for s in states],
+        "mode": "full",
         **extra,
         "timings": {key: round(v, 6) for key, v in timer.items()},
         "tables": str(tables),
     }
+    return out
+
+
+def _states_text(res):
+    if res.get("mode") == "reachable":
+        full = (f"{res['n_states']:,}" if res["n_states"] is not None
+                else f"~10^{res['n_states_log10']:.0f}")
+        return f"{full} (reachable per layer: {res['reachable_states']})"
+    return f"{res['n_states']:,}"
+
+
+def _budgets_text(budgets):
+    return str(budgets) if len(budgets) <= 8 else f"{budgets[:4]}... ({len(budgets)} classes)"
 
 
 def summary(res):
     lines = [
-        f"qlift: S={res['n_states']:,} quantized measures x |A|={res['n_actions']} actions, "
-        f"T={res['layers']} layers ({res['n_classes']} classes, budgets {res['budgets']})",
+        f"qlift: S={_states_text(res)} quantized measures x |A|={res['n_actions']} actions, "
+        f"T={res['layers']} layers ({res['n_classes']} classes, budgets "
+        f"{_budgets_text(res['budgets'])})",
         f"  quantized value V_0(mu_0) = {res['quantized_value']:.6g}",
         f"  true cost (train)         = {res['true_cost']:.6g}"
         + ("" if res["test_cost"] is None else f"   (test {res['test_cost']:.6g})"),

@@ -90,12 +90,43 @@ def create(path, n_states, n_actions, layers, chunk, attrs, transitions=False,
     return root
 
 
+def write_reachable(path, states, values, policies, attrs):
+    """A store of the reachable sets: per layer t, ``states_t`` (n_t, n_cls) ranks,
+    ``value_t`` (n_t,) and, for t < T, ``policy_t`` (n_t,), in group ``reachable``."""
+    path = Path(path)
+    if path.exists():
+        shutil.rmtree(path)
+    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    grp = root.create_group("reachable")
+    for t in sorted(states):
+        st = states[t]
+        top = int(st.max()) if st.size else 0
+        dt = "uint8" if top < 2**8 else "uint16" if top < 2**16 else "int32" if top < 2**31 \
+            else "int64"
+        dims = (f"state_{t}", "class")
+        grp.create_array(f"states_{t}", data=st.astype(dt), dimension_names=dims)
+        grp.create_array(f"value_{t}", data=values[t], dimension_names=dims[:1])
+        if t in policies:
+            grp.create_array(f"policy_{t}", data=policies[t], dimension_names=dims[:1])
+    root.attrs.update({**attrs, "complete": True})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(str(path))
+    return root
+
+
 def open_tables(path, mode="r"):
     """Open an existing store; a missing or foreign folder is a clear error."""
     path = Path(path)
     try:
         root = zarr.open_group(str(path), mode=mode, zarr_format=3)
+        if root.attrs.get("mode") == "reachable":
+            raise QliftError(f"tables={str(path)!r} holds only the measures reachable from one "
+                             "data set (solver.mode=reachable); reuse needs a full table: solve "
+                             "with solver.mode=full")
         _ = root["value"], root["policy"]
+    except QliftError:
+        raise
     except Exception:
         raise QliftError(f"tables={str(path)!r} is not a qlift tables store (no 'value' and "
                          "'policy' arrays); point it at RUN_DIR/tables.zarr of a finished run") from None
