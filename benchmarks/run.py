@@ -1,10 +1,13 @@
 """qlift benchmarks: one finite MDP, several solvers, one process run.
 
-    python benchmarks/run.py [--repeats 3] [--out benchmarks/results.json] [--skip-ray]
+    python benchmarks/run.py [--repeats 5] [--horizon 12] [--out benchmarks/results.json]
+                             [--skip-ray]
 
 On the reference problem (1-D tokens, k=9, two label classes, m=4 per class:
 245,025 quantized measures; 4x4x4 grid over M[0,0], V[0,0], b[0]: 64
-actions; mask none; T=3 layers) it measures, one after another:
+actions; mask none) it measures, one after another, backward induction over
+``--horizon`` layers (default 12, so that each timing is long enough to be
+stable; every solver gets the same horizon):
 
 - our transition kernel (transitions per second);
 - our backward induction over the cached transitions (state-action backups
@@ -144,7 +147,8 @@ def ray_scaling(repeats):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--horizon", type=int, default=12, help="layers of the timed induction")
     ap.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
     ap.add_argument("--skip-ray", action="store_true", help="leave out the Ray scaling run")
     args = ap.parse_args(argv)
@@ -152,7 +156,7 @@ def main(argv=None):
 
     prob = problem.build(REFERENCE)
     q = quantize.build(prob, 9, 4)
-    arrays, n_s, n_a, layers = q.arrays, q.n_states, prob.n_actions, prob.layers
+    arrays, n_s, n_a, layers = q.arrays, q.n_states, prob.n_actions, args.horizon
     states = np.arange(n_s, dtype=np.int64)
     nxt = np.empty((n_s, n_a), np.int32)
     t_trans, _ = timed(lambda: quantize.transition(arrays, states, nxt), r)
