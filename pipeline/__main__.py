@@ -16,7 +16,8 @@ def main(cfg):
     from pipeline.solver import solve
 
     try:
-        return solve(cfg)["quantized_value"]
+        out = solve(cfg)
+        return out.get("quantized_value")
     except (QliftError, RunFailed) as exc:
         if os.environ.get("SUBMITIT_EXECUTOR"):
             raise  # submitit records it, and Hydra reports the failed job to the sweep

@@ -148,3 +148,40 @@ def check(raw):
         raise QliftError(f"data: 'x_test' has d={test['x'].shape[1]} but 'x' has "
                          f"d={train['x'].shape[1]}; they must match")
     return {"train": train, "test": test}
+
+
+def iris_sequences(classes=(1, 2), test_fraction=0.3, seed=0, scale=0.35):
+    """scikit-learn's iris data (bundled with the package): each flower a sequence.
+
+    Every flower of the two ``classes`` (0 setosa, 1 versicolor, 2 virginica)
+    becomes a sequence of 4 one-dimensional tokens, its standardized features
+    times ``scale``, at positions 0..3 (the feature index); the label is 1 for
+    the second class. A stratified, seeded split gives the held-out part.
+    """
+    try:
+        from sklearn.datasets import load_iris
+    except ImportError:
+        raise QliftError("data.source=iris_sequences needs scikit-learn: "
+                         "pip install -e '.[experiments]'") from None
+    ds = load_iris()
+    keep = np.isin(ds.target, classes)
+    feats, target = ds.data[keep], (ds.target[keep] == classes[1]).astype(np.int64)
+    feats = (feats - feats.mean(axis=0)) / feats.std(axis=0)
+    rng = np.random.default_rng(seed)
+    test = np.zeros(len(target), bool)
+    for c in (0, 1):
+        idx = np.flatnonzero(target == c)
+        test[rng.choice(idx, int(round(test_fraction * len(idx))), replace=False)] = True
+
+    def tokens(rows, labels):
+        n, f = rows.shape
+        x = (scale * rows).reshape(-1, 1)
+        return (x, np.tile(np.arange(f), n).astype(np.int64), np.repeat(labels, f),
+                np.repeat(np.arange(n), f).astype(np.int64))
+
+    out = dict(zip(FIELDS, tokens(feats[~test], target[~test])))
+    out.update({f + "_test": a for f, a in zip(FIELDS, tokens(feats[test], target[test]))})
+    return out
+
+
+GENERATORS["iris_sequences"] = iris_sequences

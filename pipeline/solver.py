@@ -270,6 +270,10 @@ def solve(cfg, run_dir=None):
     t_start = time.perf_counter()
     cfg = to_plain(cfg)
     run_dir = _run_dir(run_dir)
+    if cfg.get("exp"):
+        from pipeline import experiments
+
+        return experiments.run(cfg, run_dir)
     if cfg.get("tables"):
         return reuse(cfg, run_dir, timer, t_start)
     with timer("setup"):
