@@ -341,9 +341,41 @@ def solve(cfg, run_dir=None):
         "backend": st["backend"], "workers": executor.n_workers, "resumed": resumed,
         "transitions_cache": pl["cache"], "transitions_computed": int(n_trans),
         "layer_seconds": {str(t): round(v, 6) for t, v in sorted(layer_s.items())}})
+    result.update(export_torch(cfg, prob, actions, run_dir, timer))
     storage.write_json(result_path, result)
     print(summary(result))
     return result
+
+
+def export_torch(cfg, prob, actions, run_dir, timer):
+    """Save the trained weights as a TorchScript ``model.pt`` (``export.torch``), optionally
+    polished by Adam from the DP weights (``export.polish``). Returns result entries."""
+    ecfg = cfg.get("export") or {}
+    want = ecfg.get("torch", "auto")
+    if want not in ("auto", True, False):
+        raise QliftError(f"export.torch={want!r} must be auto, true or false")
+    if want is False:
+        return {}
+    try:
+        from pipeline import torch_model
+    except ImportError:
+        if want is True:
+            raise QliftError("export.torch=true needs torch: pip install -e '.[torch]'") from None
+        return {}
+    out = {}
+    with timer("export"):
+        free = torch_model.free_values_of_actions(prob, actions)
+        path = run_dir / "model.pt"
+        torch_model.save_module(torch_model.export_module(prob, free), path)
+        out["torch_module"] = str(path)
+        if ecfg.get("polish"):
+            vals, cost = torch_model.polish(prob, free, steps=int(ecfg.get("polish_steps", 200)),
+                                            lr=float(ecfg.get("polish_lr", 0.01)))
+            ppath = run_dir / "model_polished.pt"
+            torch_model.save_module(torch_model.export_module(prob, vals), ppath)
+            out["polished"] = {"true_cost": float(cost), "free_values": np.asarray(vals).tolist(),
+                               "torch_module": str(ppath)}
+    return out
 
 
 def solve_reachable_mode(cfg, st, prob, k, m, n_states, run_dir, timer, t_start):
@@ -391,6 +423,7 @@ def solve_reachable_mode(cfg, st, prob, k, m, n_states, run_dir, timer, t_start)
         "n_states_log10": float(np.log10(float(n_states))) if n_states < 10**300 else
         len(str(n_states)) - 1, "reachable_states": sizes, "transitions_computed": int(n_trans),
         "mu0": int(path[0]), "mu0_ranks": [int(r) for r in q.mu0_ranks]})
+    result.update(export_torch(cfg, prob, actions, run_dir, timer))
     storage.write_json(result_path, result)
     print(summary(result))
     return result
@@ -429,6 +462,7 @@ def reuse(cfg, run_dir, timer, t_start):
     run_dir.mkdir(parents=True, exist_ok=True)
     result = _report(prob, q, actions, states, value, timer, t_start, tables,
                      {"backend": "reuse", "reused_tables": True})
+    result.update(export_torch(cfg, prob, actions, run_dir, timer))
     storage.write_json(run_dir / "result.json", result)
     print(summary(result))
     return result

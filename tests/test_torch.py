@@ -265,15 +265,33 @@ def test_polish_returns_the_start_when_every_step_is_worse():
     assert float(tm.cost_true(prob, last, "train")) > start + 1.0
 
 
-def test_polish_from_the_dp_solution(tmp_path):
-    from pipeline.solver import solve
+def test_polish_from_the_best_grid_sequence():
+    # the best action sequence on the true system (what an exact DP would pick) as the start;
+    # the DP solver itself is exercised in test_dp.py and is too slow to compile here
+    import itertools
 
-    cfg = _cfg("onehot", "sequence", "logistic")
-    cfg["quant"] = {"k": 4, "m": None}
-    res = solve(cfg, run_dir=tmp_path)
-    prob = problem.build(cfg)
-    init = tm.free_values_of_actions(prob, res["actions"])
-    assert abs(float(tm.cost_true(prob, init, "train")) - res["true_cost"]) <= 1e-10
+    prob = problem.build(_cfg("onehot", "sequence", "logistic"))
+    seqs = list(itertools.product(range(prob.n_actions), repeat=prob.layers))
+    costs = [true_system.true_cost(prob, a, prob.train) for a in seqs]
+    best = seqs[int(np.argmin(costs))]
+    init = tm.free_values_of_actions(prob, best)
+    assert abs(float(tm.cost_true(prob, init, "train")) - min(costs)) <= 1e-10
     vals, cost = tm.polish(prob, init, steps=30, lr=0.01)
-    assert cost <= res["true_cost"] + 1e-12
+    assert cost <= min(costs) + 1e-12
     assert abs(cost - _np_cost(prob, vals, prob.train)) <= 1e-10
+
+
+def test_zero_one_sign_of_zero_is_minus_one():
+    # every particle clipped to hi = 1 with w = 2, c0 = 2: w.x - c0 is exactly 0
+    cfg = _cfg("none", "sequence", "zero_one", lam=0.0)
+    cfg["loss"]["c0"] = 2.0
+    prob = problem.build(cfg)
+    fv = np.zeros((prob.layers, len(prob.free_names)))
+    fv[:, prob.free_names.index("b[0]")] = 5.0
+    x = tm.forward_true(prob, tm.full_weights(prob, fv), "train")
+    assert torch.all(x == 1.0)
+    labels = prob.train["label"]
+    expected = float(np.mean(labels == 1))  # sign(0) = -1 misclassifies label 1 only
+    assert 0 < expected < 1
+    assert float(tm.cost_true(prob, fv, "train")) == expected
+    assert _np_cost(prob, fv, prob.train) == expected
