@@ -182,6 +182,34 @@ def _step_state(ranks, cells, occ_cell, occ_cls, occ_cnt, occ_start, t_cell, t_d
             out_ranks[a, s] = r
 
 
+@nb.njit(cache=True)
+def _buffers(n_tot, n_cls, n_a, d, dd):
+    """Per-block scratch arrays of :func:`_step_state`."""
+    cells = np.empty(n_tot, np.int64)
+    occ_cell = np.empty(n_tot, np.int64)
+    occ_cls = np.empty(n_tot, np.int64)
+    occ_cnt = np.empty(n_tot, np.int64)
+    occ_start = np.empty(n_cls + 1, np.int64)
+    t_cell = np.empty(n_tot, np.int64)
+    t_dyn = np.empty(n_tot, np.int64)
+    pair_t = np.empty(n_tot, np.int64)
+    acc = np.empty((n_tot, (d + 1) * n_a))
+    newcell = np.empty((n_tot, n_a), np.int64)
+    bad = np.empty(n_a, np.int64)
+    order = np.empty(n_tot, np.int64)
+    cnt = np.empty(n_tot, np.int64)
+    racc = np.empty(n_a, np.int64)
+    prev = np.empty(n_a, np.int64)
+    mono = np.empty(n_a, np.bool_)
+    u = np.empty((n_tot, dd))
+    mu = np.empty((n_tot, dd))
+    vx = np.empty((n_tot, d))
+    scores = np.empty(n_tot)
+    xnew = np.empty(d)
+    new_cell1 = np.empty(n_tot, np.int64)
+    return (cells, occ_cell, occ_cls, occ_cnt, occ_start, t_cell, t_dyn, pair_t, acc, newcell, bad, order, cnt, racc, prev, mono, u, mu, vx, scores, xnew, new_cell1)
+
+
 @nb.njit(parallel=True, cache=True, error_model="numpy")
 def transition_fast(states, coords, k, lo, hi, delta, cls_m, cls_off, cls_mass, cls_pe,
                     cls_mask, mult, counts, binom, binomT, Ms, Vs, Ws, bs, cls_q, n_q, cls_dyn, dyn_q,
@@ -199,28 +227,9 @@ def transition_fast(states, coords, k, lo, hi, delta, cls_m, cls_off, cls_mass, 
         i0 = blk * n_b // n_blocks
         i1 = (blk + 1) * n_b // n_blocks
         ranks = np.empty(n_cls, np.int64)
-        cells = np.empty(n_tot, np.int64)
-        occ_cell = np.empty(n_tot, np.int64)
-        occ_cls = np.empty(n_tot, np.int64)
-        occ_cnt = np.empty(n_tot, np.int64)
-        occ_start = np.empty(n_cls + 1, np.int64)
-        t_cell = np.empty(n_tot, np.int64)
-        t_dyn = np.empty(n_tot, np.int64)
-        pair_t = np.empty(n_tot, np.int64)
-        acc = np.empty((n_tot, (d + 1) * n_a))
-        newcell = np.empty((n_tot, n_a), np.int64)
-        bad = np.empty(n_a, np.int64)
-        order = np.empty(n_tot, np.int64)
-        cnt = np.empty(n_tot, np.int64)
-        racc = np.empty(n_a, np.int64)
-        prev = np.empty(n_a, np.int64)
-        mono = np.empty(n_a, np.bool_)
-        u = np.empty((n_tot, dd))
-        mu = np.empty((n_tot, dd))
-        vx = np.empty((n_tot, d))
-        scores = np.empty(n_tot)
-        xnew = np.empty(d)
-        new_cell1 = np.empty(n_tot, np.int64)
+        bufs = _buffers(n_tot, n_cls, n_a, d, dd)
+        (cells, occ_cell, occ_cls, occ_cnt, occ_start, t_cell, t_dyn, pair_t, acc, newcell,
+         bad, order, cnt, racc, prev, mono, u, mu, vx, scores, xnew, new_cell1) = bufs
         out_ranks = np.empty((n_a, n_cls), np.int64)
         for i in range(i0, i1):
             st = states[i]
@@ -258,28 +267,9 @@ def transition_ranks(ranks_in, coords, k, lo, hi, delta, cls_m, cls_off, cls_mas
     for blk in nb.prange(n_blocks):
         i0 = blk * n_b // n_blocks
         i1 = (blk + 1) * n_b // n_blocks
-        cells = np.empty(n_tot, np.int64)
-        occ_cell = np.empty(n_tot, np.int64)
-        occ_cls = np.empty(n_tot, np.int64)
-        occ_cnt = np.empty(n_tot, np.int64)
-        occ_start = np.empty(n_cls + 1, np.int64)
-        t_cell = np.empty(n_tot, np.int64)
-        t_dyn = np.empty(n_tot, np.int64)
-        pair_t = np.empty(n_tot, np.int64)
-        acc = np.empty((n_tot, (d + 1) * n_a))
-        newcell = np.empty((n_tot, n_a), np.int64)
-        bad = np.empty(n_a, np.int64)
-        order = np.empty(n_tot, np.int64)
-        cnt = np.empty(n_tot, np.int64)
-        racc = np.empty(n_a, np.int64)
-        prev = np.empty(n_a, np.int64)
-        mono = np.empty(n_a, np.bool_)
-        u = np.empty((n_tot, dd))
-        mu = np.empty((n_tot, dd))
-        vx = np.empty((n_tot, d))
-        scores = np.empty(n_tot)
-        xnew = np.empty(d)
-        new_cell1 = np.empty(n_tot, np.int64)
+        bufs = _buffers(n_tot, n_cls, n_a, d, dd)
+        (cells, occ_cell, occ_cls, occ_cnt, occ_start, t_cell, t_dyn, pair_t, acc, newcell,
+         bad, order, cnt, racc, prev, mono, u, mu, vx, scores, xnew, new_cell1) = bufs
         for i in range(i0, i1):
             for s in range(n_cls):
                 unrank_multiset(ranks_in[i, s], cls_m[s], n_cells, binom, cells, cls_off[s])

@@ -193,6 +193,17 @@ def transition_batch(states, coords, k, lo, hi, delta, cls_m, cls_off, cls_mass,
                                              cls_off, mult, binom, buf)
 
 
+@nb.njit(cache=True)
+def _terminal_of(cells, cls_m, cls_off, cls_mass, loss_tab, occ_cell, occ_cls, occ_cnt):
+    """Terminal cost of one decoded state: mass x loss over occupied (cell, class) pairs."""
+    n_occ = _occupied(cells, cls_m, cls_off, occ_cell, occ_cls, occ_cnt)
+    acc = 0.0
+    for j in range(n_occ):
+        s = occ_cls[j]
+        acc += occ_cnt[j] * cls_mass[s] * loss_tab[s, occ_cell[j]]
+    return acc
+
+
 @nb.njit(parallel=True, cache=True)
 def terminal_cost_batch(states, cls_m, cls_off, cls_mass, mult, counts, n_cells, binom,
                         loss_tab, out_cost):
@@ -222,12 +233,8 @@ def terminal_cost_batch(states, cls_m, cls_off, cls_mass, mult, counts, n_cells,
         occ_cnt = np.empty(n_tot, np.int64)
         for i in range(i0, i1):
             unrank_state(states[i], cls_m, cls_off, mult, counts, n_cells, binom, cells)
-            n_occ = _occupied(cells, cls_m, cls_off, occ_cell, occ_cls, occ_cnt)
-            acc = 0.0
-            for j in range(n_occ):
-                s = occ_cls[j]
-                acc += occ_cnt[j] * cls_mass[s] * loss_tab[s, occ_cell[j]]
-            out_cost[i] = acc
+            out_cost[i] = _terminal_of(cells, cls_m, cls_off, cls_mass, loss_tab, occ_cell,
+                                       occ_cls, occ_cnt)
 
 
 @nb.njit(parallel=True, cache=True)
@@ -247,9 +254,5 @@ def terminal_cost_ranks(ranks, cls_m, cls_off, cls_mass, n_cells, binom, loss_ta
         for i in range(i0, i1):
             for s in range(n_cls):
                 unrank_multiset(ranks[i, s], cls_m[s], n_cells, binom, cells, cls_off[s])
-            n_occ = _occupied(cells, cls_m, cls_off, occ_cell, occ_cls, occ_cnt)
-            acc = 0.0
-            for j in range(n_occ):
-                s = occ_cls[j]
-                acc += occ_cnt[j] * cls_mass[s] * loss_tab[s, occ_cell[j]]
-            out_cost[i] = acc
+            out_cost[i] = _terminal_of(cells, cls_m, cls_off, cls_mass, loss_tab, occ_cell,
+                                       occ_cls, occ_cnt)
