@@ -5,7 +5,8 @@ Each experiment is a ``conf/experiment/NAME.yaml`` of overrides that sets
 ``NAME.csv``, ``NAME.md`` (the table), ``NAME.png`` (the figure) and
 ``experiment.json`` (headline figures and one sentence of interpretation,
 computed from the numbers), which ``python -m pipeline.paper_report``
-gathers into one page.
+gathers into one page. The solves of an experiment run in this process
+(``solver.backend=local``), each in its own folder under ``RUN_DIR/runs``.
 """
 
 import copy

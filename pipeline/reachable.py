@@ -87,8 +87,7 @@ class ReachWorker:
 
     def collect(self, t, *buckets):
         """Deduplicate the states this worker owns in R_t; return them (sorted)."""
-        rows = np.unique(np.concatenate(buckets)) if buckets else np.zeros(0, as_rows(
-            np.zeros((0, self.n_cls), np.int64)).dtype)
+        rows = np.unique(np.concatenate(buckets))  # one bucket from every worker
         self.layers[t] = rows
         return rows
 

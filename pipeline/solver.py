@@ -198,9 +198,8 @@ def _open_or_create(tables, st, n_states, prob, pl, attrs):
                 f"{tables} holds tables of another config (stored hash {stored[:12]}, this "
                 f"config {attrs['config_hash'][:12]}); use a new hydra.run.dir, or "
                 "solver.resume=false to overwrite them")
-        elif root.attrs.get("transitions_cache") != pl["cache"] and pl["cache"] == "disk" \
-                and "transitions" not in root:
-            log.warning("%s has no transitions array; starting over", tables)
+        elif pl["cache"] == "disk" and "transitions" not in root:
+            log.warning("%s has no transitions array for the disk cache; starting over", tables)
         else:
             n_done = len(list(prog.glob("v*"))) if prog.exists() else 0
             log.info("resuming %s: %d finished (layer, shard) markers", tables, n_done)
