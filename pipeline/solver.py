@@ -94,6 +94,9 @@ def settings(cfg):
     resume = scfg.get("resume", True)
     if not isinstance(resume, bool):
         raise QliftError(f"solver.resume={resume!r} must be true or false")
+    export = (cfg.get("export") or {}).get("torch", "auto")
+    if export not in ("auto", True, False):
+        raise QliftError(f"export.torch={export!r} must be auto, true or false")
     fault = scfg.get("fault")
     if fault is not None and not (isinstance(fault, dict) and {"layer", "shard"} <= set(fault)):
         raise QliftError(f"solver.fault={fault!r} must be null or {{layer: T, shard: I, times: N}}")
@@ -350,9 +353,7 @@ def export_torch(cfg, prob, actions, run_dir, timer):
     """Save the trained weights as a TorchScript ``model.pt`` (``export.torch``), optionally
     polished by Adam from the DP weights (``export.polish``). Returns result entries."""
     ecfg = cfg.get("export") or {}
-    want = ecfg.get("torch", "auto")
-    if want not in ("auto", True, False):
-        raise QliftError(f"export.torch={want!r} must be auto, true or false")
+    want = ecfg.get("torch", "auto")  # checked by settings() before any work
     if want is False:
         return {}
     try:
@@ -431,6 +432,7 @@ def solve_reachable_mode(cfg, st, prob, k, m, n_states, run_dir, timer, t_start)
 def reuse(cfg, run_dir, timer, t_start):
     """Answer this config's data with the policy of a finished store, without solving."""
     with timer("setup"):
+        settings(cfg)
         tables = Path(cfg["tables"]).expanduser().resolve()
         root = storage.open_tables(tables)
         if not root.attrs.get("complete"):

@@ -142,3 +142,19 @@ def test_every_run_exports_a_torch_module(cfg_factory, tmp_path):
     from pipeline.experiments import _final_x
 
     np.testing.assert_allclose(x.numpy(), _final_x(prob, res["actions"], sp), atol=1e-12)
+
+
+def test_export_polish_writes_a_module_no_worse_than_dp(cfg_factory, tmp_path):
+    torch = pytest.importorskip("torch")
+    cfg = cfg_factory(export={"torch": True, "polish": True, "polish_steps": 20})
+    res = solve(cfg, run_dir=tmp_path)
+    assert res["polished"]["true_cost"] <= res["true_cost"] + 1e-12
+    assert torch.jit.load(res["polished"]["torch_module"]) is not None
+
+
+def test_bad_export_setting_is_refused_before_any_work(cfg_factory, tmp_path):
+    from pipeline.errors import QliftError
+
+    with pytest.raises(QliftError, match=r"export.torch='maybe' must be auto, true or false"):
+        solve(cfg_factory(export={"torch": "maybe"}), run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
