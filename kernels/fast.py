@@ -29,7 +29,7 @@ import numba as nb
 import numpy as np
 
 from kernels.ranking import unrank_multiset
-from kernels.transition import _cell_of, _move, _occupied
+from kernels.transition import _move, _occupied
 
 TINY = 1e-280
 

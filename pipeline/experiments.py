@@ -10,8 +10,6 @@ gathers into one page. The solves of an experiment run in this process
 """
 
 import copy
-import itertools
-import json
 import logging
 import time
 from pathlib import Path
@@ -21,7 +19,7 @@ import numpy as np
 from pipeline import problem as problem_mod
 from pipeline import quantize, storage
 from pipeline.errors import QliftError
-from pipeline.true_system import layer, pointwise_loss, true_cost, weights
+from pipeline.true_system import final_state, layer, pointwise_loss, run_layers, weights
 
 log = logging.getLogger("qlift")
 
@@ -368,29 +366,17 @@ def _accuracy(prob, x, split):
     return tok, float(np.mean(hits))
 
 
-def _final_x(prob, actions, split):
-    x = split["x"].copy()
-    pe = prob.encode(split["pos"])
-    mass = np.full(x.shape[0], 1.0 / x.shape[0])
-    for a in actions:
-        x = layer(x, pe, split["seq"], split["pos"], mass, weights(prob, a), prob.lo, prob.hi,
-                  prob.mask)
-    return x
-
-
 def _final_x_free(prob, free, split):
     """x_T under arbitrary free-parameter values ``free`` (T, n_free), in numpy."""
     dd = prob.d + prob.d_e
     slots = [problem_mod.parse_param(n, prob.d, dd, "free") for n in prob.free_names]
-    x = split["x"].copy()
-    pe = prob.encode(split["pos"])
-    mass = np.full(x.shape[0], 1.0 / x.shape[0])
+    thetas = []
     for t in range(prob.layers):
         theta = {key: v.copy() for key, v in prob.base.items()}
         for (kind, ij), v in zip(slots, free[t]):
             theta[kind][ij] = v
-        x = layer(x, pe, split["seq"], split["pos"], mass, theta, prob.lo, prob.hi, prob.mask)
-    return x
+        thetas.append(theta)
+    return run_layers(prob, thetas, split)
 
 
 def real_data(cfg, run_dir, spec):
@@ -402,7 +388,7 @@ def real_data(cfg, run_dir, spec):
     prob = problem_mod.build(c)
     rows = []
     for name, split in (("train", prob.train), ("test", prob.test)):
-        tok, seq = _accuracy(prob, _final_x(prob, res["actions"], split), split)
+        tok, seq = _accuracy(prob, final_state(prob, res["actions"], split), split)
         rows.append({"method": "DP (reachable)", "split": name,
                      "cost": res["true_cost"] if name == "train" else res["test_cost"],
                      "token_accuracy": tok, "sequence_accuracy": seq,

@@ -13,7 +13,6 @@ SWEEP_DIR, or into ``--out``.
 import argparse
 import csv
 import json
-import math
 import sys
 from pathlib import Path
 

@@ -217,13 +217,18 @@ def _open_or_create(tables, st, n_states, prob, pl, attrs):
     return root, False
 
 
+def _n_workers(rc, cpus):
+    """Ray actors: ray.workers, else the cluster's CPUs over ray.cpus_per_worker."""
+    return rc["workers"] or max(1, cpus // rc["cpus_per_worker"])
+
+
 def _executor(st, arrays, job, timer):
     if st["backend"] == "local":
         return backends.LocalExecutor(arrays, {**job, "threads": st["threads"]}), False
     started, cpus = backends.start_ray(st["ray"])
     try:
         rc = st["ray"]
-        n_workers = rc["workers"] or max(1, cpus // rc["cpus_per_worker"])
+        n_workers = _n_workers(rc, cpus)
         ex = backends.RayExecutor(arrays, job, n_workers, rc["cpus_per_worker"], st["retries"],
                                   rc["in_flight"] or 1)
     except BaseException:
@@ -396,8 +401,7 @@ def solve_reachable_mode(cfg, st, prob, k, m, n_states, run_dir, timer, t_start)
     with timer("startup"):
         if st["backend"] == "ray":
             started, cpus = backends.start_ray(st["ray"])
-            rc = st["ray"]
-            n_workers = rc["workers"] or max(1, cpus // rc["cpus_per_worker"])
+            n_workers = _n_workers(st["ray"], cpus)
         else:
             n_workers = 1
     try:

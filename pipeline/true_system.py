@@ -61,15 +61,23 @@ def weights(prob, a):
     return {"M": acts["Ms"][a], "V": acts["Vs"][a], "W": acts["Ws"][a], "b": acts["bs"][a]}
 
 
+def run_layers(prob, thetas, split):
+    """x_T of the particles of ``split`` (mass 1/N each) through the weights ``thetas``."""
+    x = split["x"].copy()
+    pe = prob.encode(split["pos"])
+    mass = np.full(x.shape[0], 1.0 / x.shape[0])
+    for theta in thetas:
+        x = layer(x, pe, split["seq"], split["pos"], mass, theta, prob.lo, prob.hi, prob.mask)
+    return x
+
+
+def final_state(prob, actions, split):
+    """x_T under the action sequence ``actions``."""
+    return run_layers(prob, [weights(prob, a) for a in actions], split)
+
+
 def true_cost(prob, actions, split):
     """J of SPEC §1 for the action sequence on the unquantized data of ``split``."""
-    x = split["x"].copy()
-    n = x.shape[0]
-    pe = prob.encode(split["pos"])
-    mass = np.full(n, 1.0 / n)
-    run = 0.0
-    for a in actions:
-        x = layer(x, pe, split["seq"], split["pos"], mass, weights(prob, a), prob.lo, prob.hi,
-                  prob.mask)
-        run += prob.stage[a]
+    x = final_state(prob, actions, split)
+    run = float(sum(prob.stage[a] for a in actions))
     return run + float(np.mean(pointwise_loss(prob, x, split["label"])))

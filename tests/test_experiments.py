@@ -139,9 +139,9 @@ def test_every_run_exports_a_torch_module(cfg_factory, tmp_path):
     sp = prob.train
     with torch.no_grad():
         x = module(torch.tensor(sp["x"]), torch.tensor(sp["pos"]), torch.tensor(sp["seq"]))
-    from pipeline.experiments import _final_x
+    from pipeline.true_system import final_state
 
-    np.testing.assert_allclose(x.numpy(), _final_x(prob, res["actions"], sp), atol=1e-12)
+    np.testing.assert_allclose(x.numpy(), final_state(prob, res["actions"], sp), atol=1e-12)
 
 
 def test_export_polish_writes_a_module_no_worse_than_dp(cfg_factory, tmp_path):
